@@ -1,0 +1,213 @@
+"""Real parts for the suite: a redis-server, a Celery worker and an ASGI server, each a
+subprocess on a free port, started once per session when a test asks for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from websockets.sync.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / "artifacts" / "logs"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class Process:
+    """A subprocess whose output goes to a log file, stopped on teardown."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.args = args
+        self.env = env or _env()
+        self.log_path = LOG_DIR / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A redis-server of our own on the port tests.settings chose."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = settings.REDIS_PORT
+    server = Process(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+    )
+    client = redis.Redis(port=port)
+    try:
+        wait_for(lambda: _ping(client), 20, f"redis-server on port {port}")
+        yield settings.REDIS_URL
+    finally:
+        server.stop()
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def redis_client(redis_server: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_server)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(redis_server: str) -> Iterator[Process]:
+    """A real worker consuming the broadcast queue: ``celery -A worker worker -Q turbo_tasks``."""
+    worker = Process(
+        "worker",
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "turbo_tasks",
+         "--pool", "solo", "--without-mingle", "--without-gossip", "-l", "info",
+         "-n", f"test-{os.getpid()}@%h"],
+    )
+    from worker import app
+
+    try:
+        wait_for(lambda: worker.proc.poll() is None and app.control.ping(timeout=0.5), 60,
+                 "the Celery worker to answer a ping")
+    except AssertionError:
+        worker.stop()
+        raise AssertionError("worker did not start:\n" + worker.log()) from None
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def asgi_server(redis_server: str) -> Iterator[str]:
+    """The test ASGI app under uvicorn; yields its ws:// base URL."""
+    port = free_port()
+    server = Process(
+        "asgi",
+        [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--ws", "websockets", "--log-level", "warning"],
+    )
+    try:
+        wait_for(lambda: _accepts(port), 30, f"uvicorn on port {port}")
+    except AssertionError:
+        server.stop()
+        raise AssertionError("ASGI server did not start:\n" + server.log()) from None
+    yield f"ws://127.0.0.1:{port}"
+    server.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class WsClient:
+    """A real websocket client speaking the turbo_tasks protocol."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.frames: list[dict[str, Any]] = []
+
+    def send(self, frame: Any) -> None:
+        self.conn.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def next(self, timeout: float = 30) -> dict[str, Any]:
+        frame = json.loads(self.conn.recv(timeout=timeout))
+        self.frames.append(frame)
+        return frame
+
+    def subscribe(self, signed_name: str) -> dict[str, Any]:
+        self.send({"type": "subscribe", "stream": signed_name})
+        return self.wait(lambda f: f.get("stream") == signed_name and f["type"] != "message")
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no matching frame within {timeout}s; got {self.frames}")
+            try:
+                frame = self.next(timeout=remaining)
+            except TimeoutError:
+                continue
+            if predicate(frame):
+                return frame
+
+    def messages(self, timeout: float = 30) -> str:
+        """The html of the next ``message`` frame."""
+        return str(self.wait(lambda f: f["type"] == "message", timeout)["html"])
+
+
+@pytest.fixture
+def ws_client(asgi_server: str) -> Iterator[Callable[..., WsClient]]:
+    with ExitStack() as stack:
+
+        def open_client(origin: str = "http://127.0.0.1") -> WsClient:
+            conn = stack.enter_context(
+                connect(f"{asgi_server}/ws/turbo/", origin=origin, open_timeout=20)  # type: ignore[arg-type]
+            )
+            return WsClient(conn)
+
+        yield open_client

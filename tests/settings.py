@@ -1,0 +1,94 @@
+"""Settings for the test suite, its worker and its ASGI server.
+
+The Redis port and the SQLite file are chosen once per run and put in the environment, so
+the worker and ASGI subprocesses the tests start use the same ones.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+REDIS_PORT = int(os.environ.setdefault("TURBO_TEST_REDIS_PORT", str(_free_port())))
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+DB_PATH = os.environ.setdefault(
+    "TURBO_TEST_DB", str(Path(tempfile.gettempdir()) / f"turbo_tasks_test_{REDIS_PORT}.sqlite3")
+)
+
+SECRET_KEY = "test-secret-key-not-for-production"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.staticfiles",
+    "turbo_tasks",
+    "tests.testapp",
+    "tests.otherapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+STATIC_URL = "/static/"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": []},
+    }
+]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": DB_PATH,
+        "TEST": {"NAME": DB_PATH},
+        "OPTIONS": {"timeout": 30},
+    },
+    "other": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": DB_PATH + ".other",
+        "TEST": {"NAME": DB_PATH + ".other"},
+        "OPTIONS": {"timeout": 30},
+    },
+}
+
+ASGI_APPLICATION = "tests.asgi.application"
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # redis-py 8 times sockets out after 5 s, as long as channels_redis blocks on a
+        # receive: raise it, or every idle websocket dies (turbo_tasks.E004).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "visibility_timeout": 300,
+}
+CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route",)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"turbo_tasks": {"handlers": ["console"], "level": "DEBUG"}},
+}

@@ -1,0 +1,20 @@
+from django.conf import settings
+from django.db import models
+
+
+class Room(models.Model):
+    name = models.CharField(max_length=100)
+    private = models.BooleanField(default=False)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True)
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class Unstreamed(models.Model):
+    """A model without a stream: its writes must never reach the broker."""
+
+    name = models.CharField(max_length=100)

@@ -1,0 +1,45 @@
+"""The seed example, with only its import changed, plus a per-user stream."""
+
+import turbo_tasks as turbo
+from tests.otherapp.streams import AnnouncementStream, AuditedModelStream  # noqa: F401
+
+from .models import Message, Room
+
+
+class RoomStream(turbo.ModelStream):
+    class Meta:
+        model = Room
+
+    def user_passes_test(self, user):
+        if not self.instance.private:
+            return True
+        return user.is_authenticated and self.instance.members.filter(pk=user.pk).exists()
+
+
+class MessageStream(AuditedModelStream):
+    class Meta:
+        model = Message
+
+    def on_save(self, message, created, *args, **kwargs):
+        if created:
+            message.room.stream.append("chat/message.html", {"message": message}, id="messages")
+        else:
+            message.room.stream.replace(
+                "chat/message.html", {"message": message}, id=f"message-{message.id}"
+            )
+
+    def on_delete(self, message, *args, **kwargs):
+        message.room.stream.remove(id=f"message-{message.id}")
+
+    def user_passes_test(self, user):
+        return True
+
+
+class NotificationStream(turbo.Stream):
+    """A per-user stream: only its user may subscribe."""
+
+    def __init__(self, user_id):
+        self.user_id = user_id
+
+    def user_passes_test(self, user):
+        return user.is_authenticated and user.pk == self.user_id

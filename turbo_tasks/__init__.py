@@ -1,0 +1,30 @@
+"""Live Hotwire Turbo Stream updates for Django models, delivered by Celery workers.
+
+Declare streams in ``<app>/streams.py``::
+
+    import turbo_tasks as turbo
+
+    class MessageStream(turbo.ModelStream):
+        class Meta:
+            model = Message
+"""
+
+from turbo_tasks.rendering import ACTIONS
+from turbo_tasks.streams import Broadcast, ModelStream, Stream
+
+APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE = ACTIONS
+
+__all__ = [
+    "ACTIONS",
+    "AFTER",
+    "APPEND",
+    "BEFORE",
+    "PREPEND",
+    "REMOVE",
+    "REPLACE",
+    "UPDATE",
+    "Broadcast",
+    "ModelStream",
+    "Stream",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""The ``TURBO_TASKS`` setting, read lazily so ``override_settings`` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULTS: dict[str, Any] = {
+    # Celery queue the broadcast task is published to and the worker consumes.
+    "QUEUE": "turbo_tasks",
+    # Alias in CHANNEL_LAYERS that workers push frames to and consumers listen on.
+    "CHANNEL_LAYER": "default",
+    # Salt for signed stream names; change it to invalidate every name handed out so far.
+    "SIGNING_SALT": "turbo_tasks.stream",
+    # Seconds a signed stream name stays valid (None: forever, as long as SECRET_KEY holds).
+    "SIGNED_NAME_MAX_AGE": None,
+    # Jobs per Celery message; a larger transaction is split into several messages.
+    "MAX_JOBS_PER_MESSAGE": 1000,
+    # Subscriptions one websocket may hold at once.
+    "MAX_SUBSCRIPTIONS_PER_SOCKET": 100,
+    # Largest client frame (characters) the consumer will parse.
+    "MAX_FRAME_SIZE": 16384,
+}
+
+
+def get(name: str) -> Any:
+    """Return one ``TURBO_TASKS`` value, falling back to its default."""
+    user = getattr(settings, "TURBO_TASKS", None) or {}
+    return user.get(name, DEFAULTS[name])
+
+
+def unknown_keys() -> list[str]:
+    user = getattr(settings, "TURBO_TASKS", None) or {}
+    if not isinstance(user, dict):
+        raise ImproperlyConfigured(
+            f"TURBO_TASKS must be a dict, not {type(user).__name__}; "
+            f"allowed keys: {', '.join(DEFAULTS)}."
+        )
+    return sorted(set(user) - set(DEFAULTS))

@@ -1,0 +1,109 @@
+"""The websocket consumer: the subscribe path. See docs/protocol.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
+
+from turbo_tasks import conf
+from turbo_tasks.streams import Stream, StreamRejected, resolve_signed_name
+
+logger = logging.getLogger(__name__)
+
+
+class TurboStreamsConsumer(AsyncWebsocketConsumer):
+    """One socket, any number of stream subscriptions.
+
+    Client → server: ``{"type": "subscribe"|"unsubscribe", "stream": "<signed name>"}``.
+    Server → client: ``subscribed``, ``rejected`` (with a ``reason``), ``message`` (with the
+    ``<turbo-stream>`` ``html``) and ``error`` for malformed frames; the socket stays open.
+    """
+
+    @property  # type: ignore[override]
+    def channel_layer_alias(self) -> str:
+        # Read per connection (AsyncConsumer looks it up in __call__), not at import.
+        return str(conf.get("CHANNEL_LAYER"))
+
+    async def connect(self) -> None:
+        # group -> the signed names this socket subscribed to it with
+        self.subscriptions: dict[str, set[str]] = {}
+        await super().connect()
+
+    async def disconnect(self, code: int) -> None:
+        if self.channel_layer is not None:
+            for group in self.subscriptions:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.subscriptions = {}
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            return await self._error("binary frames are not supported")
+        if len(text_data) > conf.get("MAX_FRAME_SIZE"):
+            return await self._error("frame too large")
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            return await self._error("invalid JSON")
+        if not isinstance(frame, dict):
+            return await self._error("frame must be a JSON object")
+        kind, name = frame.get("type"), frame.get("stream")
+        if kind not in ("subscribe", "unsubscribe"):
+            return await self._error("type must be 'subscribe' or 'unsubscribe'")
+        if not isinstance(name, str) or not name:
+            return await self._error("stream must be a signed stream name (a string)")
+        if kind == "subscribe":
+            await self._subscribe(name)
+        else:
+            await self._unsubscribe(name)
+
+    async def _subscribe(self, name: str) -> None:
+        try:
+            stream = resolve_signed_name(name)
+            group = stream.group_name
+        except StreamRejected as exc:
+            return await self._reply("rejected", stream=name, reason=exc.reason)
+        if group in self.subscriptions:
+            self.subscriptions[group].add(name)
+            return await self._reply("subscribed", stream=name)
+        if len(self.subscriptions) >= conf.get("MAX_SUBSCRIPTIONS_PER_SOCKET"):
+            return await self._reply("rejected", stream=name, reason="too_many_subscriptions")
+        user = self.scope.get("user") or AnonymousUser()
+        if not await _allowed(stream, user):
+            return await self._reply("rejected", stream=name, reason="forbidden")
+        self.subscriptions[group] = {name}
+        await self.channel_layer.group_add(group, self.channel_name)
+        await self._reply("subscribed", stream=name)
+
+    async def _unsubscribe(self, name: str) -> None:
+        for group, names in list(self.subscriptions.items()):
+            if name in names:
+                names.discard(name)
+                if not names:
+                    del self.subscriptions[group]
+                    await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def turbo_message(self, event: dict[str, Any]) -> None:
+        """A frame from a worker, for one group."""
+        for name in sorted(self.subscriptions.get(event.get("group", ""), ())):
+            await self._reply("message", stream=name, html=event["html"])
+
+    async def _reply(self, kind: str, **fields: Any) -> None:
+        await self.send(text_data=json.dumps({"type": kind, **fields}))
+
+    async def _error(self, reason: str) -> None:
+        await self._reply("error", reason=reason)
+
+
+@database_sync_to_async
+def _allowed(stream: Stream, user: Any) -> bool:
+    try:
+        return bool(stream.user_passes_test(user))
+    except Exception:
+        # A crashing check must refuse, not leak, and must not kill the socket.
+        logger.exception("turbo_tasks: %r.user_passes_test raised; refusing", stream)
+        return False

@@ -1,0 +1,223 @@
+"""The write path: record which row changed, publish one Celery message per commit.
+
+Receivers only build small JSON jobs. Jobs wait in a per-transaction batch and are published
+by an ``on_commit`` callback, so nothing leaves the process before the data is committed and
+nothing at all leaves for a rolled-back transaction or savepoint.
+
+Savepoints: Django drops the ``on_commit`` callbacks registered inside a savepoint that is
+rolled back. Jobs are therefore grouped in *buckets*, one ``on_commit`` callback each, and a
+bucket only takes jobs that must live or die with it. At commit the first bucket to run
+publishes itself together with every bucket that can no longer be dropped, so a transaction
+normally becomes a single message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db.models.signals import post_delete, post_save
+
+from turbo_tasks import conf
+
+logger = logging.getLogger(__name__)
+
+Job = dict[str, Any]
+
+# turbo_tasks.testing swaps the publisher to run jobs in-process.
+publisher: ContextVar[Callable[[list[Job], str], None] | None] = ContextVar(
+    "turbo_tasks_publisher", default=None
+)
+
+_BATCH_ATTR = "_turbo_tasks_batch"
+
+
+def connect_receivers(model_streams: dict[type[models.Model], type[Any]]) -> None:
+    """Connect receivers for the models whose stream overrides a hook."""
+    from turbo_tasks.streams import ModelStream
+
+    for model, stream_class in model_streams.items():
+        label = model._meta.label_lower
+        if stream_class.on_save is not ModelStream.on_save:
+            post_save.connect(
+                _on_post_save, sender=model, weak=False, dispatch_uid=f"turbo_tasks.save.{label}"
+            )
+        if stream_class.on_delete is not ModelStream.on_delete:
+            post_delete.connect(
+                _on_post_delete,
+                sender=model,
+                weak=False,
+                dispatch_uid=f"turbo_tasks.delete.{label}",
+            )
+
+
+def _pk(value: Any) -> Any:
+    if type(value) is int or type(value) is str:
+        return value
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def _on_post_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    created: bool,
+    raw: bool = False,
+    using: str = DEFAULT_DB_ALIAS,
+    **kwargs: Any,
+) -> None:
+    if raw:  # loaddata: fixtures are not user-visible changes
+        return
+    enqueue(
+        {"action": "save", "model": sender._meta.label_lower, "pk": _pk(instance.pk),
+         "created": bool(created)},
+        using,
+    )
+
+
+def _on_post_delete(
+    sender: type[models.Model],
+    instance: models.Model,
+    using: str = DEFAULT_DB_ALIAS,
+    **kwargs: Any,
+) -> None:
+    # Capture now: Django sets instance.pk = None once the delete receivers have run.
+    enqueue(
+        {"action": "delete", "model": sender._meta.label_lower, "pk": _pk(instance.pk),
+         "fields": snapshot(instance)},
+        using,
+    )
+
+
+def snapshot(instance: models.Model) -> dict[str, Any]:
+    """Concrete field values by attname, as JSON primitives."""
+    values = {}
+    for field in instance._meta.concrete_fields:
+        value = field.value_from_object(instance)
+        try:
+            values[field.attname] = _pk(value)
+        except TypeError:
+            # bytes and other values JSON cannot hold: the field's own string form.
+            values[field.attname] = field.value_to_string(instance)
+    return values
+
+
+# -- batching --------------------------------------------------------------------------
+
+
+class _Batch:
+    """The jobs of one transaction on one connection."""
+
+    __slots__ = ("buckets", "using")
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.buckets: list[_Bucket] = []
+
+    def flush(self, first: _Bucket) -> None:
+        conn = connections[self.using]
+        if getattr(conn, _BATCH_ATTR, None) is self:
+            setattr(conn, _BATCH_ATTR, None)
+        # `first` is running, so it survived. Settled buckets had no open savepoint left
+        # when last checked, so they will run too: publish them all now, in order.
+        # Unsettled ones (a savepoint still open at the last check) publish themselves
+        # when, and only if, Django runs them.
+        taken = [b for b in self.buckets if not b.done and (b is first or b.settled)]
+        jobs: list[Job] = []
+        for bucket in taken:
+            bucket.done = True
+            jobs.extend(bucket.jobs)
+        publish(jobs, self.using)
+
+
+class _Bucket:
+    """Jobs registered under one set of savepoints; one ``on_commit`` callback."""
+
+    def __init__(self, batch: _Batch, sids: frozenset[str]) -> None:
+        # Django names the callback by __qualname__ when it logs an error from it.
+        self.__qualname__ = "turbo_tasks.signals._Bucket"
+        self.batch = batch
+        self.sids = sids
+        self.jobs: list[Job] = []
+        self.settled = not sids
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.batch.flush(self)
+
+
+def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Publish ``job`` once the current transaction on ``using`` commits (now if none)."""
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        publish([job], using)
+        return
+    batch: _Batch | None = getattr(conn, _BATCH_ATTR, None)
+    pending = conn.run_on_commit
+    if batch is not None and batch.buckets and pending:
+        bucket = batch.buckets[-1]
+        # Fast path: our bucket is the newest callback (so it is alive) and every open
+        # savepoint was already open when it was registered (so it dies with them).
+        if (
+            pending[-1][1] is bucket
+            and not bucket.done
+            and all(sid in bucket.sids for sid in conn.savepoint_ids)
+        ):
+            bucket.jobs.append(job)
+            return
+    batch = _refresh(conn, batch, using)
+    bucket = _Bucket(batch, frozenset(conn.savepoint_ids))
+    bucket.jobs.append(job)
+    batch.buckets.append(bucket)
+    transaction.on_commit(bucket, using=using, robust=True)
+
+
+def _refresh(conn: Any, batch: _Batch | None, using: str) -> _Batch:
+    """Forget buckets Django has dropped and note those that no savepoint can drop."""
+    if batch is not None:
+        alive = {id(entry[1]) for entry in conn.run_on_commit}
+        batch.buckets = [b for b in batch.buckets if id(b) in alive and not b.done]
+        open_sids = set(conn.savepoint_ids)
+        for b in batch.buckets:
+            b.settled = b.settled or not (b.sids & open_sids)
+    if batch is None or not batch.buckets:
+        # First job of this transaction, or the previous one was rolled back.
+        batch = _Batch(using)
+        setattr(conn, _BATCH_ATTR, batch)
+    return batch
+
+
+# -- publishing -------------------------------------------------------------------------
+
+
+def publish(jobs: list[Job], using: str) -> None:
+    """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages; never raises."""
+    if not jobs:
+        return
+    override = publisher.get()
+    if override is not None:
+        override(jobs, using)
+        return
+    from turbo_tasks.tasks import deliver
+
+    size = max(1, int(conf.get("MAX_JOBS_PER_MESSAGE")))
+    queue = conf.get("QUEUE")
+    kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
+        try:
+            deliver.apply_async((chunk,), kwargs, queue=queue)
+        except Exception:
+            # The write has committed; breaking the caller now would not undo it.
+            logger.exception(
+                "turbo_tasks could not publish %d broadcast job(s) to queue %r; "
+                "these broadcasts are lost: %s",
+                len(chunk),
+                queue,
+                json.dumps({"jobs": chunk, "using": using}),
+            )

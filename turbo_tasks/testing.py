@@ -1,0 +1,153 @@
+"""Assert what your code broadcasts, in your own tests.
+
+Inside these helpers the jobs your code records are delivered in-process as soon as the
+transaction commits (or, in a ``TestCase``, when the block ends): your real ``on_save`` /
+``on_delete`` hooks run and real templates render; only the push to the channel layer is
+replaced by capturing the frames::
+
+    from turbo_tasks.testing import assert_broadcasts, capture_broadcasts
+
+    def test_post_appends(room):
+        with capture_broadcasts() as sent:
+            Message.objects.create(room=room, text="hi")
+        sent.assert_sent(room, action="append", target="messages", count=1)
+
+    def test_post(room):
+        with assert_broadcasts(room, action="append", count=1):
+            Message.objects.create(room=room, text="hi")
+
+With pytest the ``turbo_broadcasts`` fixture is ``capture_broadcasts``. Works with
+``TestCase`` (which never commits) and ``TransactionTestCase`` / ``transaction=True`` alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from turbo_tasks.streams import Broadcast, Stream
+
+
+def _as_stream(value: Any) -> Stream:
+    from turbo_tasks.streams import Stream
+
+    if isinstance(value, Stream):
+        return value
+    stream = getattr(value, "stream", None)
+    if isinstance(stream, Stream):
+        return stream
+    raise TypeError(f"Expected a stream or a model instance with a ModelStream, not {value!r}")
+
+
+class CapturedBroadcasts(list["Broadcast"]):
+    """The frames sent inside ``capture_broadcasts()``, in order."""
+
+    def on(self, stream: Any) -> list[Broadcast]:
+        """The frames sent to ``stream`` (a Stream or a model instance)."""
+        group = _as_stream(stream).group_name
+        return [b for b in self if b.group == group]
+
+    def assert_sent(
+        self,
+        stream: Any,
+        *,
+        action: str | None = None,
+        target: str | None = None,
+        targets: str | None = None,
+        contains: str | None = None,
+        count: int | None = None,
+    ) -> list[Broadcast]:
+        """Assert frames matching all the given filters were sent to ``stream``; with
+        ``count``, exactly that many. Returns the matching frames."""
+        sent = self.on(stream)
+        matching = [
+            b for b in sent
+            if (action is None or b.action == action)
+            and (target is None or b.target == target)
+            and (targets is None or b.targets == targets)
+            and (contains is None or contains in b.html)
+        ]
+        wanted = f"{count}" if count is not None else "at least one"
+        if (count is None and not matching) or (count is not None and len(matching) != count):
+            sent_desc = "\n".join(f"  {b.html}" for b in sent) or "  (nothing)"
+            filters = {k: v for k, v in {"action": action, "target": target, "targets": targets,
+                                         "contains": contains}.items() if v is not None}
+            raise AssertionError(
+                f"Expected {wanted} broadcast(s) to {_as_stream(stream)!r} matching {filters}, "
+                f"found {len(matching)}. Sent to that stream:\n{sent_desc}"
+            )
+        return matching
+
+    def assert_nothing_sent(self, stream: Any = None) -> None:
+        sent = self if stream is None else self.on(stream)
+        if sent:
+            raise AssertionError(
+                "Expected no broadcasts, found:\n" + "\n".join(f"  {b.html}" for b in sent)
+            )
+
+
+@contextmanager
+def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]:
+    """Deliver broadcasts in-process and collect their frames instead of pushing them."""
+    from django.db import DEFAULT_DB_ALIAS
+    from django.test import TestCase
+
+    from turbo_tasks import delivery, signals
+
+    captured = CapturedBroadcasts()
+    errors: list[BaseException] = []
+
+    def run(jobs: list[dict[str, Any]], alias: str) -> None:
+        # The same JSON round trip a real message makes.
+        result = delivery.render(json.loads(json.dumps(jobs)), alias)
+        captured.extend(result.broadcasts)
+        errors.extend(exc for _, exc in result.errors)
+
+    token = signals.publisher.set(run)
+    try:
+        with TestCase.captureOnCommitCallbacks(using=using or DEFAULT_DB_ALIAS, execute=True):
+            yield captured
+    finally:
+        signals.publisher.reset(token)
+    if errors:
+        raise errors[0]
+
+
+@contextmanager
+def assert_broadcasts(
+    stream: Any,
+    *,
+    action: str | None = None,
+    target: str | None = None,
+    targets: str | None = None,
+    contains: str | None = None,
+    count: int | None = None,
+) -> Iterator[CapturedBroadcasts]:
+    """Assert the block sends matching frames to ``stream`` (see CapturedBroadcasts.assert_sent)."""
+    with capture_broadcasts() as captured:
+        yield captured
+    captured.assert_sent(stream, action=action, target=target, targets=targets,
+                         contains=contains, count=count)
+
+
+@contextmanager
+def assert_no_broadcasts(stream: Any = None) -> Iterator[CapturedBroadcasts]:
+    """Assert the block sends nothing (to ``stream``, or at all)."""
+    with capture_broadcasts() as captured:
+        yield captured
+    captured.assert_nothing_sent(stream)
+
+
+try:
+    import pytest
+except ImportError:  # Django's test runner without pytest: the fixture is not needed.
+    pass
+else:
+
+    @pytest.fixture
+    def turbo_broadcasts() -> Any:
+        """``with turbo_broadcasts() as sent: …`` — see capture_broadcasts()."""
+        return capture_broadcasts
