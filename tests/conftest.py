@@ -20,6 +20,8 @@ import redis
 from django.conf import settings
 from websockets.sync.client import ClientConnection, connect
 
+from worker import app as celery_app  # (the project's Celery app, loaded as a project's __init__ would)
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "artifacts" / "logs"
 
@@ -93,8 +95,7 @@ def redis_server() -> Iterator[str]:
     port = settings.REDIS_PORT
     server = Process(
         "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
     )
     client = redis.Redis(port=port)
     try:
@@ -121,15 +122,31 @@ def celery_worker_process(redis_server: str) -> Iterator[Process]:
     """A real worker consuming the broadcast queue: ``celery -A worker worker -Q turbo_tasks``."""
     worker = Process(
         "worker",
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "turbo_tasks",
-         "--pool", "solo", "--without-mingle", "--without-gossip", "-l", "info",
-         "-n", f"test-{os.getpid()}@%h"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-Q",
+            "turbo_tasks",
+            "--pool",
+            "solo",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "info",
+            "-n",
+            f"test-{os.getpid()}@%h",
+        ],
     )
-    from worker import app
-
     try:
-        wait_for(lambda: worker.proc.poll() is None and app.control.ping(timeout=0.5), 60,
-                 "the Celery worker to answer a ping")
+        wait_for(
+            lambda: worker.proc.poll() is None and celery_app.control.ping(timeout=0.5),
+            60,
+            "the Celery worker to answer a ping",
+        )
     except AssertionError:
         worker.stop()
         raise AssertionError("worker did not start:\n" + worker.log()) from None
@@ -143,8 +160,20 @@ def asgi_server(redis_server: str) -> Iterator[str]:
     port = free_port()
     server = Process(
         "asgi",
-        [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--ws", "websockets", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets",
+            "--log-level",
+            "warning",
+        ],
     )
     try:
         wait_for(lambda: _accepts(port), 30, f"uvicorn on port {port}")

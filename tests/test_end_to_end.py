@@ -9,7 +9,10 @@ from django.db import transaction
 from tests.testapp.models import Message, Room
 from tests.testapp.streams import NotificationStream
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker_process")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("celery_worker_process"),
+]
 
 
 def test_seed_example_create_update_delete(ws_client):

@@ -11,6 +11,13 @@ from django.core.exceptions import ImproperlyConfigured
 from turbo_tasks import conf
 
 IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+REDIS_CORE_LAYER = "channels_redis.core.RedisChannelLayer"
+# How long channels_redis blocks on BZPOPMIN in receive() (RedisChannelLayer.brpop_timeout).
+BRPOP_SECONDS = 5
+try:
+    from redis._defaults import DEFAULT_SOCKET_TIMEOUT  # redis-py >= 8
+except ImportError:  # older redis-py: no socket timeout by default
+    DEFAULT_SOCKET_TIMEOUT = None
 
 
 def register() -> None:
@@ -26,25 +33,31 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         return [checks.Error(str(exc), id="turbo_tasks.E001")]
     errors: list[checks.CheckMessage] = []
     if unknown:
-        errors.append(checks.Error(
-            f"Unknown TURBO_TASKS key(s): {', '.join(unknown)}.",
-            hint=f"Allowed keys: {', '.join(conf.DEFAULTS)}.",
-            id="turbo_tasks.E001",
-        ))
+        errors.append(
+            checks.Error(
+                f"Unknown TURBO_TASKS key(s): {', '.join(unknown)}.",
+                hint=f"Allowed keys: {', '.join(conf.DEFAULTS)}.",
+                id="turbo_tasks.E001",
+            )
+        )
     for key in ("MAX_JOBS_PER_MESSAGE", "MAX_SUBSCRIPTIONS_PER_SOCKET", "MAX_FRAME_SIZE"):
         value = conf.get(key)
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            errors.append(checks.Error(
-                f"TURBO_TASKS[{key!r}] must be a positive integer, not {value!r}.",
-                id="turbo_tasks.E001",
-            ))
+            errors.append(
+                checks.Error(
+                    f"TURBO_TASKS[{key!r}] must be a positive integer, not {value!r}.",
+                    id="turbo_tasks.E001",
+                )
+            )
     max_age = conf.get("SIGNED_NAME_MAX_AGE")
     if max_age is not None and not (isinstance(max_age, (int, float)) and max_age > 0):
-        errors.append(checks.Error(
-            f"TURBO_TASKS['SIGNED_NAME_MAX_AGE'] must be None or a number of seconds > 0, "
-            f"not {max_age!r}.",
-            id="turbo_tasks.E001",
-        ))
+        errors.append(
+            checks.Error(
+                f"TURBO_TASKS['SIGNED_NAME_MAX_AGE'] must be None or a number of seconds > 0, "
+                f"not {max_age!r}.",
+                id="turbo_tasks.E001",
+            )
+        )
     return errors
 
 
@@ -52,38 +65,67 @@ def check_channel_layer(**kwargs: Any) -> list[checks.CheckMessage]:
     alias = conf.get("CHANNEL_LAYER")
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     if alias not in layers:
-        return [checks.Error(
-            f"CHANNEL_LAYERS has no {alias!r} layer, so workers have nowhere to send frames "
-            f"and browsers never receive them.",
-            hint="Add a channels_redis layer, e.g. CHANNEL_LAYERS = {'default': {'BACKEND': "
-            "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [REDIS_URL]}}}, "
-            "or point TURBO_TASKS['CHANNEL_LAYER'] at an existing alias.",
-            id="turbo_tasks.E002",
-        )]
+        return [
+            checks.Error(
+                f"CHANNEL_LAYERS has no {alias!r} layer, so workers have nowhere to send frames "
+                f"and browsers never receive them.",
+                hint="Add a channels_redis layer, e.g. CHANNEL_LAYERS = {'default': {'BACKEND': "
+                "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [REDIS_URL]}}}, "
+                "or point TURBO_TASKS['CHANNEL_LAYER'] at an existing alias.",
+                id="turbo_tasks.E002",
+            )
+        ]
     backend = layers[alias].get("BACKEND", "")
     eager = getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False)
     if backend == IN_MEMORY_LAYER and not eager:
-        return [checks.Error(
-            f"Channel layer {alias!r} is the in-memory layer, but broadcasts are sent by "
-            f"Celery workers in other processes: their frames never reach this process's "
-            f"websockets.",
-            hint="Use channels_redis (RedisChannelLayer or RedisPubSubChannelLayer), shared "
-            "by the web and worker processes.",
-            id="turbo_tasks.E003",
-        )]
+        return [
+            checks.Error(
+                f"Channel layer {alias!r} is the in-memory layer, but broadcasts are sent by "
+                f"Celery workers in other processes: their frames never reach this process's "
+                f"websockets.",
+                hint="Use channels_redis (RedisChannelLayer or RedisPubSubChannelLayer), shared "
+                "by the web and worker processes.",
+                id="turbo_tasks.E003",
+            )
+        ]
+    hosts = _hosts(layers[alias].get("CONFIG", {}))
+    if backend == REDIS_CORE_LAYER and any(_times_out_while_blocking(h) for h in hosts):
+        return [
+            checks.Error(
+                f"Channel layer {alias!r}: its Redis socket timeout (redis-py 8's default is "
+                f"{DEFAULT_SOCKET_TIMEOUT}s) is not longer than channels_redis blocks waiting "
+                f"for a message ({BRPOP_SECONDS}s), so every idle websocket is closed with a "
+                f"TimeoutError.",
+                hint="Give each host a longer socket timeout: 'hosts': [{'address': "
+                "REDIS_URL, 'socket_timeout': 15}].",
+                id="turbo_tasks.E004",
+            )
+        ]
     return []
+
+
+def _times_out_while_blocking(host: dict[str, Any]) -> bool:
+    timeout = host.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+    return timeout is not None and timeout <= BRPOP_SECONDS
+
+
+def _hosts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    hosts = config.get("hosts") or [("localhost", 6379)]
+    return [host if isinstance(host, dict) else {} for host in hosts]
 
 
 def check_celery_app(**kwargs: Any) -> list[checks.CheckMessage]:
     from celery import current_app
 
-    app = current_app._get_current_object()
-    if app.main is None and not app.conf.broker_url:
-        return [checks.Warning(
-            "No Celery app is loaded in this process, so broadcasts would be published with "
-            "Celery's defaults (an AMQP broker on localhost).",
-            hint="Load your Celery app at startup, as Celery's Django guide does: "
-            "`from .celery import app as celery_app` in your project's __init__.py.",
-            id="turbo_tasks.W004",
-        )]
+    # With no app of the project's, Celery makes a fallback app named "default".
+    if current_app.main == "default" and not current_app.conf.broker_url:
+        return [
+            checks.Warning(
+                "No Celery app is loaded in this process, so broadcasts would be published with "
+                "Celery's defaults (an AMQP broker on localhost).",
+                hint="Load your Celery app at startup, as Celery's Django guide does: "
+                "`from .celery import app as celery_app` in your project's __init__.py.",
+                id="turbo_tasks.W004",
+            )
+        ]
     return []

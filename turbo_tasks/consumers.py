@@ -24,7 +24,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     ``<turbo-stream>`` ``html``) and ``error`` for malformed frames; the socket stays open.
     """
 
-    @property  # type: ignore[override]
+    @property
     def channel_layer_alias(self) -> str:
         # Read per connection (AsyncConsumer looks it up in __call__), not at import.
         return str(conf.get("CHANNEL_LAYER"))

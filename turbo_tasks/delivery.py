@@ -134,7 +134,7 @@ def _plan(jobs: list[Any]) -> list[_RowStep | Job]:
             continue
         model, stream_class = _model_stream(job, index)
         try:
-            pk = model._meta.pk.to_python(job["pk"])  # type: ignore[union-attr]
+            pk = model._meta.pk.to_python(job["pk"])
         except ValidationError:
             raise InvalidJob(f"job {index}: 'pk' {job['pk']!r} is not a valid pk") from None
         step = rows.get((model._meta.label_lower, pk))
@@ -184,8 +184,11 @@ def render(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> Delivery:
             try:
                 _run(step, rows, using, result.broadcasts)
             except Exception as exc:
-                job = step if isinstance(step, dict) else {"model": step.model._meta.label_lower,
-                                                           "pk": step.pk}
+                job = (
+                    step
+                    if isinstance(step, dict)
+                    else {"model": step.model._meta.label_lower, "pk": step.pk}
+                )
                 logger.exception("turbo_tasks: a broadcast hook failed for %s", job)
                 result.errors.append((job, exc))
     finally:
@@ -220,7 +223,8 @@ def _run(
         if row is None:
             logger.debug(
                 "turbo_tasks: %s pk=%r is gone; skipping its on_save",
-                step.model._meta.label, step.pk,
+                step.model._meta.label,
+                step.pk,
             )
             return
         step.stream_class(row).on_save(row, created=step.created)

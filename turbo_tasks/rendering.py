@@ -50,10 +50,12 @@ def render_frame(
 def turbo_stream(
     action: str, *, target: str | None = None, targets: str | None = None, content: str = ""
 ) -> str:
-    """Return one ``<turbo-stream>`` element.
+    """Return one ``<turbo-stream>`` element. ``content`` must already be safe HTML.
 
-    ``turbo_stream("append", target="messages", content="<p>hi</p>")`` is
-    ``<turbo-stream action="append" target="messages"><template><p>hi</p></template></turbo-stream>``;
+    ``turbo_stream("append", target="ms", content="<p>hi</p>")`` returns::
+
+        <turbo-stream action="append" target="ms"><template><p>hi</p></template></turbo-stream>
+
     ``remove`` has no ``<template>``:
     ``<turbo-stream action="remove" target="message-5"></turbo-stream>``.
     """

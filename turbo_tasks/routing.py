@@ -1,16 +1,16 @@
 """Websocket routes. Mount them behind origin and auth middleware::
 
-    from channels.auth import AuthMiddlewareStack
-    from channels.routing import ProtocolTypeRouter, URLRouter
-    from channels.security.websocket import AllowedHostsOriginValidator
-    import turbo_tasks.routing
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+import turbo_tasks.routing
 
-    application = ProtocolTypeRouter({
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(turbo_tasks.routing.websocket_urlpatterns))
-        ),
-    })
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    "websocket": AllowedHostsOriginValidator(
+        AuthMiddlewareStack(URLRouter(turbo_tasks.routing.websocket_urlpatterns))
+    ),
+})
 """
 
 from __future__ import annotations

@@ -73,8 +73,12 @@ def _on_post_save(
     if raw:  # loaddata: fixtures are not user-visible changes
         return
     enqueue(
-        {"action": "save", "model": sender._meta.label_lower, "pk": _pk(instance.pk),
-         "created": bool(created)},
+        {
+            "action": "save",
+            "model": sender._meta.label_lower,
+            "pk": _pk(instance.pk),
+            "created": bool(created),
+        },
         using,
     )
 
@@ -87,8 +91,12 @@ def _on_post_delete(
 ) -> None:
     # Capture now: Django sets instance.pk = None once the delete receivers have run.
     enqueue(
-        {"action": "delete", "model": sender._meta.label_lower, "pk": _pk(instance.pk),
-         "fields": snapshot(instance)},
+        {
+            "action": "delete",
+            "model": sender._meta.label_lower,
+            "pk": _pk(instance.pk),
+            "fields": snapshot(instance),
+        },
         using,
     )
 

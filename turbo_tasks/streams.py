@@ -152,9 +152,12 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Send ``<turbo-stream action="append" target="{id}"><template>…</template></turbo-stream>``
-        (or ``targets="{selector}"``) to this stream: the rendered template, or ``text`` escaped,
-        is added at the end of the target."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="append" target="{id}"><template>…</template></turbo-stream>
+
+        The rendered template, or ``text`` escaped, is added at the end of the target.
+        """
         self._send("append", template, context, id, selector, text)
 
     def prepend(
@@ -166,8 +169,12 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Send ``<turbo-stream action="prepend" target="{id}"><template>…</template></turbo-stream>``:
-        the content is added at the start of the target."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="prepend" target="{id}"><template>…</template></turbo-stream>
+
+        The content is added at the start of the target.
+        """
         self._send("prepend", template, context, id, selector, text)
 
     def replace(
@@ -179,8 +186,12 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Send ``<turbo-stream action="replace" target="{id}"><template>…</template></turbo-stream>``:
-        the target element itself is replaced by the content."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="replace" target="{id}"><template>…</template></turbo-stream>
+
+        The target element itself is replaced by the content.
+        """
         self._send("replace", template, context, id, selector, text)
 
     def update(
@@ -192,8 +203,12 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Send ``<turbo-stream action="update" target="{id}"><template>…</template></turbo-stream>``:
-        the target's children are replaced by the content."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="update" target="{id}"><template>…</template></turbo-stream>
+
+        The target's children are replaced by the content.
+        """
         self._send("update", template, context, id, selector, text)
 
     def before(
@@ -205,8 +220,12 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Send ``<turbo-stream action="before" target="{id}"><template>…</template></turbo-stream>``:
-        the content is inserted before the target."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="before" target="{id}"><template>…</template></turbo-stream>
+
+        The content is inserted before the target.
+        """
         self._send("before", template, context, id, selector, text)
 
     def after(
@@ -218,13 +237,21 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Send ``<turbo-stream action="after" target="{id}"><template>…</template></turbo-stream>``:
-        the content is inserted after the target."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="after" target="{id}"><template>…</template></turbo-stream>
+
+        The content is inserted after the target.
+        """
         self._send("after", template, context, id, selector, text)
 
     def remove(self, *, id: str | None = None, selector: str | None = None) -> None:
-        """Send ``<turbo-stream action="remove" target="{id}"></turbo-stream>``
-        (or ``targets="{selector}"``): the target is removed from the page."""
+        """Send to this stream (``selector=`` sends ``targets="…"`` instead)::
+
+            <turbo-stream action="remove" target="{id}"></turbo-stream>
+
+        The target is removed from the page.
+        """
         self._send("remove", None, None, id, selector, None)
 
     def _send(
@@ -315,7 +342,7 @@ class ModelStream(Stream):
     def from_ref(cls, ref: StreamRef) -> Stream:
         if len(ref["args"]) != 1 or ref["kwargs"]:
             raise TypeError(f"{cls.__name__} takes exactly one pk")
-        return cls(pk=cls.model._meta.pk.to_python(ref["args"][0]))  # type: ignore[union-attr]
+        return cls(pk=cls.model._meta.pk.to_python(ref["args"][0]))
 
     def _database(self) -> str:
         if self._instance is not None and self._instance._state.db:

@@ -64,7 +64,8 @@ class CapturedBroadcasts(list["Broadcast"]):
         ``count``, exactly that many. Returns the matching frames."""
         sent = self.on(stream)
         matching = [
-            b for b in sent
+            b
+            for b in sent
             if (action is None or b.action == action)
             and (target is None or b.target == target)
             and (targets is None or b.targets == targets)
@@ -73,8 +74,16 @@ class CapturedBroadcasts(list["Broadcast"]):
         wanted = f"{count}" if count is not None else "at least one"
         if (count is None and not matching) or (count is not None and len(matching) != count):
             sent_desc = "\n".join(f"  {b.html}" for b in sent) or "  (nothing)"
-            filters = {k: v for k, v in {"action": action, "target": target, "targets": targets,
-                                         "contains": contains}.items() if v is not None}
+            filters = {
+                k: v
+                for k, v in {
+                    "action": action,
+                    "target": target,
+                    "targets": targets,
+                    "contains": contains,
+                }.items()
+                if v is not None
+            }
             raise AssertionError(
                 f"Expected {wanted} broadcast(s) to {_as_stream(stream)!r} matching {filters}, "
                 f"found {len(matching)}. Sent to that stream:\n{sent_desc}"
@@ -129,8 +138,9 @@ def assert_broadcasts(
     """Assert the block sends matching frames to ``stream`` (see CapturedBroadcasts.assert_sent)."""
     with capture_broadcasts() as captured:
         yield captured
-    captured.assert_sent(stream, action=action, target=target, targets=targets,
-                         contains=contains, count=count)
+    captured.assert_sent(
+        stream, action=action, target=target, targets=targets, contains=contains, count=count
+    )
 
 
 @contextmanager

@@ -44,4 +44,5 @@ def turbo_subscribe(*streams: Any) -> SafeString:
 def turbo_tasks_script() -> SafeString:
     """``<script type="module" src="/static/turbo_tasks/turbo-tasks.js"></script>``: the
     element that connects ``turbo_subscribe`` sources to Turbo (load Turbo itself too)."""
-    return format_html('<script type="module" src="{}"></script>', static("turbo_tasks/turbo-tasks.js"))
+    src = static("turbo_tasks/turbo-tasks.js")
+    return format_html('<script type="module" src="{}"></script>', src)

@@ -1,0 +1,37 @@
+# The few verbs people type. Everything works on a fresh Debian/Ubuntu machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test lint format clean
+
+help:
+	@echo "make test    run the test suite (installs what is missing)"
+	@echo "make lint    ruff and mypy"
+	@echo "make format  apply ruff's formatting and fixes"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,lint]"
+	touch $(STAMP)
+
+install: $(STAMP)
+	scripts/system-packages.sh
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+	node --test tests/js/
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,220 @@
+"""The fan-out: coalescing, reloading, snapshots, malformed jobs, and convergence through a
+real worker when jobs arrive twice or out of order."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from tests.testapp.models import Message, Room
+from turbo_tasks import delivery
+from turbo_tasks.signals import snapshot
+from turbo_tasks.tasks import deliver
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def save(message, created=False):
+    return {"action": "save", "model": "testapp.message", "pk": message.pk, "created": created}
+
+
+def delete(message):
+    return {"action": "delete", "model": "testapp.message", "pk": message.pk,
+            "fields": snapshot(message)}
+
+
+@pytest.fixture
+def room():
+    return Room.objects.create(name="lobby")
+
+
+def frames(jobs):
+    return [b.html for b in delivery.render(jobs).broadcasts]
+
+
+def test_created_then_edited_in_one_transaction_is_one_append_of_the_latest_state(room):
+    message = Message.objects.create(room=room, text="draft")
+    Message.objects.filter(pk=message.pk).update(text="final")
+    assert frames([save(message, created=True), save(message)]) == [
+        '<turbo-stream action="append" target="messages"><template>'
+        f'<p id="message-{message.pk}">final</p></template></turbo-stream>'
+    ]
+
+
+def test_repeated_saves_coalesce_into_one_replace(room):
+    message = Message.objects.create(room=room, text="v3")
+    assert frames([save(message)] * 5) == [
+        f'<turbo-stream action="replace" target="message-{message.pk}"><template>'
+        f'<p id="message-{message.pk}">v3</p></template></turbo-stream>'
+    ]
+
+
+def test_delete_supersedes_earlier_saves(room):
+    message = Message.objects.create(room=room, text="gone soon")
+    jobs = [save(message, created=True), save(message), delete(message)]
+    message.delete()
+    assert frames(jobs) == [f'<turbo-stream action="remove" target="message-{jobs[0]["pk"]}">'
+                            "</turbo-stream>"]
+
+
+def test_order_of_first_appearance_is_kept(room):
+    first = Message.objects.create(room=room, text="1")
+    second = Message.objects.create(room=room, text="2")
+    html = frames([save(first, True), save(second, True), save(first)])
+    assert [re.search(r'id="message-(\d+)"', h)[1] for h in html] == [str(first.pk),
+                                                                      str(second.pk)]
+
+
+def test_rows_gone_since_the_write_are_skipped_with_a_debug_log(room, caplog):
+    message = Message.objects.create(room=room, text="x")
+    job = save(message, created=True)
+    Message.objects.filter(pk=message.pk).delete()
+    with caplog.at_level(logging.DEBUG, logger="turbo_tasks"):
+        result = delivery.render([job])
+    assert result.broadcasts == []
+    assert result.errors == []
+    assert f"pk={message.pk} is gone" in caplog.text
+
+
+def test_delete_hook_sees_the_row_as_it_was(room):
+    message = Message.objects.create(room=room, text="bye")
+    job = delete(message)
+    seen = {}
+
+    class Spy:
+        def __init__(self, instance):
+            pass
+
+        def on_delete(self, instance):
+            seen.update(pk=instance.pk, room_id=instance.room_id, room=instance.room,
+                        text=instance.text, created_at=instance.created_at)
+
+    message.delete()
+    steps = delivery._plan([job])
+    steps[0].stream_class = Spy
+    delivery._run(steps[0], {}, "default", [])
+    assert seen["pk"] == job["pk"]
+    assert seen["room_id"] == room.pk
+    assert seen["room"] == room
+    assert seen["text"] == "bye"
+    assert seen["created_at"] == Message.created_at.field.to_python(job["fields"]["created_at"])
+
+
+@pytest.mark.parametrize(
+    ("jobs", "error"),
+    [
+        ("not a list", "jobs must be a list"),
+        ([42], "job 0: must be an object"),
+        ([{"action": "explode"}], "job 0: 'action' must be save, delete or broadcast"),
+        ([{"action": "save", "model": "nope.nothing", "pk": 1, "created": True}],
+         "job 0: unknown model 'nope.nothing'"),
+        ([{"action": "save", "model": "testapp.unstreamed", "pk": 1, "created": True}],
+         "job 0: model 'testapp.unstreamed' has no ModelStream"),
+        ([{"action": "save", "model": "testapp.message", "pk": [1], "created": True}],
+         "job 0: 'pk' must be an integer or a string"),
+        ([{"action": "save", "model": "testapp.message", "pk": "abc", "created": True}],
+         "job 0: 'pk' 'abc' is not a valid pk"),
+        ([{"action": "save", "model": "testapp.message", "pk": 1, "created": "yes"}],
+         "job 0: 'created' must be true or false"),
+        ([{"action": "delete", "model": "testapp.message", "pk": 1}],
+         "job 0: 'fields' must be an object"),
+        ([{"action": "broadcast", "stream": "x"}], "job 0: 'stream' must be"),
+        ([{"action": "broadcast", "stream": {"stream": "testapp.RoomStream", "args": [1],
+                                             "kwargs": {}}, "turbo_action": "explode",
+           "target": "x"}], "job 0: 'turbo_action': Unknown action 'explode'"),
+    ],
+)
+def test_malformed_jobs_fail_at_once_naming_the_field(jobs, error):
+    with pytest.raises(delivery.InvalidJob) as excinfo:
+        delivery.render(jobs)
+    assert str(excinfo.value).startswith(error)
+
+
+def test_hook_error_still_delivers_the_other_rows(room, monkeypatch):
+    good = Message.objects.create(room=room, text="good")
+    bad = Message.objects.create(room=room, text="bad")
+    from tests.testapp.streams import MessageStream
+
+    original = MessageStream.on_save
+
+    def on_save(self, message, created, *args, **kwargs):
+        if message.text == "bad":
+            raise RuntimeError("template blew up")
+        original(self, message, created)
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    result = delivery.render([save(bad), save(good)])
+    assert [b.target for b in result.broadcasts] == [f"message-{good.pk}"]
+    assert [(job["pk"], repr(exc)) for job, exc in result.errors] == [
+        (bad.pk, "RuntimeError('template blew up')")
+    ]
+
+
+# -- convergence through the real worker --------------------------------------------------
+
+
+def apply(dom: dict[str, str], html: str) -> None:
+    """Apply Turbo's append/replace/remove semantics for id targets to {element id: html},
+    a stand-in for the #messages list (append de-duplicates by element id, as Turbo does)."""
+    for action, target, content in re.findall(
+        r'<turbo-stream action="(\w+)" target="([^"]+)">(?:<template>(.*?)</template>)?'
+        r"</turbo-stream>", html):
+        if action == "append":
+            element_id = re.match(r'<p id="([^"]+)"', content)[1]
+            dom.pop(element_id, None)
+            dom[element_id] = content
+        elif action == "replace" and target in dom:
+            dom[target] = content
+        elif action == "remove":
+            dom.pop(target, None)
+
+
+@pytest.fixture
+def subscribed(celery_worker_process, ws_client, room):
+    client = ws_client()
+    client.subscribe(room.stream.signed_name)
+    return client
+
+
+def settle(client, room) -> dict[str, str]:
+    """Apply every frame up to a sentinel sent last: the solo worker runs jobs in queue
+    order, so when the sentinel arrives everything published before it has arrived."""
+    room.stream.append(text="sentinel", id="log")
+    dom: dict[str, str] = {}
+    while "sentinel" not in (html := client.messages()):
+        apply(dom, html)
+    return dom
+
+
+def test_jobs_delivered_twice_converge(subscribed, room):
+    message = Message.objects.create(room=room, text="hello")
+    message.text = "edited"
+    message.save()
+    jobs = [save(message, created=True)]
+    for _ in range(2):
+        deliver.apply_async((jobs,), queue="turbo_tasks")
+    dom = settle(subscribed, room)
+    assert dom == {f"message-{message.pk}": f'<p id="message-{message.pk}">edited</p>'}
+
+
+def test_jobs_out_of_order_converge_to_the_deleted_state(subscribed, room):
+    message = Message.objects.create(room=room, text="hello")
+    stale_save = save(message, created=True)
+    remove = delete(message)
+    message.delete()
+    # The delete arrives first, the stale create after it: the row is gone, so the create
+    # renders nothing and the final page has no message.
+    deliver.apply_async(([remove],), queue="turbo_tasks")
+    deliver.apply_async(([stale_save],), queue="turbo_tasks")
+    assert settle(subscribed, room) == {}
+
+
+def test_stale_edit_arriving_late_renders_the_latest_state(subscribed, room):
+    message = Message.objects.create(room=room, text="v1")
+    old_edit = save(message)
+    Message.objects.filter(pk=message.pk).update(text="v2")
+    deliver.apply_async(([old_edit],), queue="turbo_tasks")
+    dom = settle(subscribed, room)
+    assert dom == {f"message-{message.pk}": f'<p id="message-{message.pk}">v2</p>'}

@@ -1,0 +1,299 @@
+"""Streams, markup, registration, the template tag and the system checks."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.template import Context, Template, TemplateSyntaxError
+from django.test import override_settings
+
+import turbo_tasks as turbo
+from tests.otherapp.streams import AnnouncementStream, AuditedModelStream
+from tests.testapp.models import Message, Room
+from tests.testapp.streams import MessageStream, NotificationStream, RoomStream
+from turbo_tasks import checks
+from turbo_tasks.rendering import turbo_stream
+from turbo_tasks.streams import _Registry, registry, resolve_signed_name
+from turbo_tasks.testing import capture_broadcasts
+
+# -- markup ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["append", "prepend", "replace", "update", "before", "after"])
+def test_markup_with_template_content(action):
+    assert turbo_stream(action, target="messages", content="<p>hi</p>") == (
+        f'<turbo-stream action="{action}" target="messages"><template><p>hi</p></template>'
+        "</turbo-stream>"
+    )
+
+
+def test_markup_remove_has_no_template():
+    assert turbo_stream("remove", target="message-5") == (
+        '<turbo-stream action="remove" target="message-5"></turbo-stream>'
+    )
+
+
+def test_markup_selector_becomes_targets_and_is_attribute_escaped():
+    assert turbo_stream("remove", targets='.msg[data-x="1"]') == (
+        '<turbo-stream action="remove" targets=".msg[data-x=&quot;1&quot;]"></turbo-stream>'
+    )
+
+
+def test_unknown_action_is_a_value_error_listing_the_actions():
+    with pytest.raises(ValueError, match=r"Unknown action 'explode', must be one of: append, "
+                                         r"prepend, replace, update, before, after, remove\."):
+        turbo_stream("explode", target="x")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"id": "a", "selector": ".b"}])
+def test_target_needs_exactly_one_of_id_or_selector(kwargs):
+    stream = Room(pk=1).stream
+    with pytest.raises(ValueError, match=r"Pass exactly one of id= .* or selector="):
+        stream.append(text="x", **kwargs)
+
+
+def test_content_needs_exactly_one_of_template_or_text():
+    stream = Room(pk=1).stream
+    with pytest.raises(ValueError, match=r"append\(\) needs a template name .* or text=, "
+                                         r"not neither"):
+        stream.append(id="x")
+    with pytest.raises(ValueError, match="not both"):
+        stream.append("chat/message.html", text="x", id="x")
+
+
+@pytest.mark.django_db
+def test_text_is_html_escaped():
+    room = Room.objects.create(name="r")
+    with capture_broadcasts() as sent:
+        room.stream.append(text='<script>alert("x")</script>', id="log")
+    assert [b.html for b in sent] == [
+        '<turbo-stream action="append" target="log"><template>'
+        "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;</template></turbo-stream>"
+    ]
+
+
+@pytest.mark.django_db
+def test_template_output_is_autoescaped():
+    room = Room.objects.create(name="r")
+    with capture_broadcasts() as sent:
+        Message.objects.create(room=room, text='<img src=x onerror="alert(1)">')
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in sent[0].html
+    assert "<img" not in sent[0].html
+
+
+def test_public_names():
+    assert turbo.ACTIONS == ("append", "prepend", "replace", "update", "before", "after",
+                             "remove")
+    assert turbo.APPEND == "append"
+    assert turbo.REMOVE == "remove"
+
+
+# -- streams and pks ----------------------------------------------------------------------
+
+
+def test_instance_stream_is_the_bound_model_stream():
+    room = Room(pk=4)
+    assert isinstance(room.stream, RoomStream)
+    assert room.stream == RoomStream(pk=4)
+    assert Room.stream is RoomStream
+
+
+@pytest.mark.django_db
+def test_stream_of_a_created_instance_uses_its_new_pk():
+    room = Room(name="new")
+    stream = room.stream
+    room.save()
+    assert stream.ref()["args"] == [room.pk]
+    assert Room.objects.create(name="x").stream.ref()["args"] != [None]
+
+
+def test_broadcasting_through_a_pk_less_instance_is_a_value_error():
+    with pytest.raises(ValueError, match=r"RoomStream: cannot broadcast to or subscribe to an "
+                                         r"unsaved Room \(its pk is None\); save it first\."):
+        Room().stream.append(text="x", id="y")
+
+
+def test_subscribing_to_a_pk_less_instance_is_a_value_error():
+    with pytest.raises(ValueError, match="unsaved Room"):
+        Room().stream.signed_name  # noqa: B018
+    with pytest.raises(ValueError, match="unsaved Room"):
+        Template("{% load turbo_tasks %}{% turbo_subscribe room %}").render(
+            Context({"room": Room()})
+        )
+
+
+def test_signed_name_resolves_back_to_the_stream():
+    stream = resolve_signed_name(Room(pk=9).stream.signed_name)
+    assert isinstance(stream, RoomStream)
+    assert stream.pk == 9
+
+
+def test_group_names_are_valid_channels_group_names():
+    for stream in (Room(pk=1).stream, NotificationStream(10**30), AnnouncementStream()):
+        assert stream.group_name.replace(".", "").replace("_", "").replace("-", "").isalnum()
+        assert len(stream.group_name) < 100
+    assert Room(pk=1).stream.group_name != Room(pk=2).stream.group_name
+    assert Room(pk=1).stream.group_name != Message(pk=1).stream.group_name
+
+
+def test_plain_stream_with_arguments_round_trips():
+    stream = resolve_signed_name(NotificationStream(7).signed_name)
+    assert isinstance(stream, NotificationStream)
+    assert stream.user_id == 7
+    assert stream == NotificationStream(7)
+
+
+def test_plain_stream_arguments_must_be_json():
+    with pytest.raises(TypeError, match="NotificationStream arguments must be JSON-serialisable"):
+        NotificationStream(object()).signed_name  # noqa: B018
+
+
+def test_unregistered_stream_says_where_to_declare_it():
+    class Stray(turbo.Stream):
+        pass
+
+    with pytest.raises(ImproperlyConfigured, match=r"Stray is not a registered stream: "
+                                                   r"declare it in the streams\.py"):
+        Stray().signed_name  # noqa: B018
+
+
+# -- registration -------------------------------------------------------------------------
+
+
+def test_streams_py_classes_are_registered_under_their_app():
+    assert registry.get("testapp.RoomStream") is RoomStream
+    assert registry.get("testapp.MessageStream") is MessageStream
+    assert registry.get("testapp.NotificationStream") is NotificationStream
+
+
+def test_imported_classes_are_registered_only_where_defined():
+    # tests.testapp.streams imports both of these from tests.otherapp.streams.
+    assert registry.get("otherapp.AnnouncementStream") is AnnouncementStream
+    assert registry.get("testapp.AnnouncementStream") is None
+    assert registry.get("otherapp.AuditedModelStream") is None  # abstract
+    assert registry.get("testapp.AuditedModelStream") is None
+
+
+def test_second_model_stream_for_a_model_is_improperly_configured():
+    fresh = _Registry()
+    fresh.register(RoomStream, "testapp")
+
+    class SecondRoomStream(turbo.ModelStream):
+        class Meta:
+            model = Room
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        fresh.register(SecondRoomStream, "testapp")
+    assert str(excinfo.value) == (
+        "testapp.Room has two ModelStreams, tests.testapp.streams.RoomStream and "
+        "tests.test_streams.test_second_model_stream_for_a_model_is_improperly_configured."
+        "<locals>.SecondRoomStream; a model can have only one (it becomes instance.stream)."
+    )
+
+
+def test_model_stream_without_a_model_is_improperly_configured():
+    class NoModel(turbo.ModelStream):
+        pass
+
+    with pytest.raises(ImproperlyConfigured, match="must name its model: class Meta: model ="):
+        _Registry().register(NoModel, "testapp")
+
+
+def test_abstract_base_in_streams_py_is_not_registered_but_subclasses_work():
+    assert issubclass(MessageStream, AuditedModelStream)
+    assert registry.for_model(Message) is MessageStream
+
+
+# -- template tag -------------------------------------------------------------------------
+
+
+def test_turbo_subscribe_renders_one_element_per_stream():
+    room, note = Room(pk=3), NotificationStream(5)
+    html = Template("{% load turbo_tasks %}{% turbo_subscribe room note %}").render(
+        Context({"room": room, "note": note})
+    )
+    names = [s.signed_name for s in (room.stream, note)]
+    # Signed names embed a timestamp; compare what they resolve to.
+    parts = html.split("</turbo-channels-stream-source>")
+    assert parts[-1] == ""
+    assert len(parts) == 3
+    for part, name in zip(parts[:2], names, strict=True):
+        signed = part.removeprefix('<turbo-channels-stream-source signed-stream-name="')[:-2]
+        assert resolve_signed_name(signed) == resolve_signed_name(name)
+
+
+def test_turbo_subscribe_rejects_other_values():
+    with pytest.raises(TemplateSyntaxError, match="model instances with a ModelStream, not"):
+        Template("{% load turbo_tasks %}{% turbo_subscribe 'room' %}").render(Context())
+
+
+def test_turbo_tasks_script_tag():
+    html = Template("{% load turbo_tasks %}{% turbo_tasks_script %}").render(Context())
+    assert html == '<script type="module" src="/static/turbo_tasks/turbo-tasks.js"></script>'
+
+
+# -- system checks ------------------------------------------------------------------------
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def test_checks_pass_with_the_test_settings():
+    assert checks.check_settings() + checks.check_channel_layer() == []
+
+
+@override_settings(CHANNEL_LAYERS={})
+def test_check_no_channel_layer():
+    assert ids(checks.check_channel_layer()) == ["turbo_tasks.E002"]
+
+
+@override_settings(TURBO_TASKS={"CHANNEL_LAYER": "missing"})
+def test_check_turbo_tasks_layer_alias_missing():
+    assert ids(checks.check_channel_layer()) == ["turbo_tasks.E002"]
+
+
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": checks.IN_MEMORY_LAYER}})
+def test_check_in_memory_layer_with_out_of_process_workers():
+    assert ids(checks.check_channel_layer()) == ["turbo_tasks.E003"]
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": checks.IN_MEMORY_LAYER}},
+    CELERY_TASK_ALWAYS_EAGER=True,
+)
+def test_check_in_memory_layer_is_fine_with_eager_tasks():
+    assert checks.check_channel_layer() == []
+
+
+@pytest.mark.parametrize(
+    ("hosts", "expected"),
+    [
+        (["redis://localhost:6379/0"], ["turbo_tasks.E004"]),
+        ([{"address": "redis://localhost:6379/0", "socket_timeout": 5}], ["turbo_tasks.E004"]),
+        ([{"address": "redis://localhost:6379/0", "socket_timeout": 15}], []),
+        ([{"address": "redis://localhost:6379/0", "socket_timeout": None}], []),
+    ],
+)
+def test_check_redis_socket_timeout_shorter_than_blocking_receive(hosts, expected):
+    layers = {"default": {"BACKEND": checks.REDIS_CORE_LAYER, "CONFIG": {"hosts": hosts}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert ids(checks.check_channel_layer()) == expected
+
+
+@override_settings(TURBO_TASKS={"QUEUEE": "x", "MAX_FRAME_SIZE": 0})
+def test_check_unknown_and_invalid_turbo_tasks_keys():
+    messages = checks.check_settings()
+    assert ids(messages) == ["turbo_tasks.E001", "turbo_tasks.E001"]
+    assert messages[0].msg == "Unknown TURBO_TASKS key(s): QUEUEE."
+    assert "MAX_FRAME_SIZE" in messages[1].msg
+
+
+@override_settings(TURBO_TASKS=["QUEUE"])
+def test_check_turbo_tasks_must_be_a_dict():
+    assert ids(checks.check_settings()) == ["turbo_tasks.E001"]
+
+
+def test_check_celery_app_is_loaded():
+    # conftest loads the project's app (worker.app), as a project's __init__.py does.
+    assert checks.check_celery_app() == []
