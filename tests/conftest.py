@@ -20,7 +20,9 @@ import redis
 from django.conf import settings
 from websockets.sync.client import ClientConnection, connect
 
-from worker import app as celery_app  # (the project's Celery app, loaded as a project's __init__ would)
+from worker import (
+    app as celery_app,
+)  # (the project's Celery app, loaded as a project's __init__ would)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "artifacts" / "logs"

@@ -21,8 +21,12 @@ def save(message, created=False):
 
 
 def delete(message):
-    return {"action": "delete", "model": "testapp.message", "pk": message.pk,
-            "fields": snapshot(message)}
+    return {
+        "action": "delete",
+        "model": "testapp.message",
+        "pk": message.pk,
+        "fields": snapshot(message),
+    }
 
 
 @pytest.fixture
@@ -55,16 +59,16 @@ def test_delete_supersedes_earlier_saves(room):
     message = Message.objects.create(room=room, text="gone soon")
     jobs = [save(message, created=True), save(message), delete(message)]
     message.delete()
-    assert frames(jobs) == [f'<turbo-stream action="remove" target="message-{jobs[0]["pk"]}">'
-                            "</turbo-stream>"]
+    assert frames(jobs) == [
+        f'<turbo-stream action="remove" target="message-{jobs[0]["pk"]}"></turbo-stream>'
+    ]
 
 
 def test_order_of_first_appearance_is_kept(room):
     first = Message.objects.create(room=room, text="1")
     second = Message.objects.create(room=room, text="2")
     html = frames([save(first, True), save(second, True), save(first)])
-    assert [re.search(r'id="message-(\d+)"', h)[1] for h in html] == [str(first.pk),
-                                                                      str(second.pk)]
+    assert [re.search(r'id="message-(\d+)"', h)[1] for h in html] == [str(first.pk), str(second.pk)]
 
 
 def test_rows_gone_since_the_write_are_skipped_with_a_debug_log(room, caplog):
@@ -88,8 +92,13 @@ def test_delete_hook_sees_the_row_as_it_was(room):
             pass
 
         def on_delete(self, instance):
-            seen.update(pk=instance.pk, room_id=instance.room_id, room=instance.room,
-                        text=instance.text, created_at=instance.created_at)
+            seen.update(
+                pk=instance.pk,
+                room_id=instance.room_id,
+                room=instance.room,
+                text=instance.text,
+                created_at=instance.created_at,
+            )
 
     message.delete()
     steps = delivery._plan([job])
@@ -108,22 +117,42 @@ def test_delete_hook_sees_the_row_as_it_was(room):
         ("not a list", "jobs must be a list"),
         ([42], "job 0: must be an object"),
         ([{"action": "explode"}], "job 0: 'action' must be save, delete or broadcast"),
-        ([{"action": "save", "model": "nope.nothing", "pk": 1, "created": True}],
-         "job 0: unknown model 'nope.nothing'"),
-        ([{"action": "save", "model": "testapp.unstreamed", "pk": 1, "created": True}],
-         "job 0: model 'testapp.unstreamed' has no ModelStream"),
-        ([{"action": "save", "model": "testapp.message", "pk": [1], "created": True}],
-         "job 0: 'pk' must be an integer or a string"),
-        ([{"action": "save", "model": "testapp.message", "pk": "abc", "created": True}],
-         "job 0: 'pk' 'abc' is not a valid pk"),
-        ([{"action": "save", "model": "testapp.message", "pk": 1, "created": "yes"}],
-         "job 0: 'created' must be true or false"),
-        ([{"action": "delete", "model": "testapp.message", "pk": 1}],
-         "job 0: 'fields' must be an object"),
+        (
+            [{"action": "save", "model": "nope.nothing", "pk": 1, "created": True}],
+            "job 0: unknown model 'nope.nothing'",
+        ),
+        (
+            [{"action": "save", "model": "testapp.unstreamed", "pk": 1, "created": True}],
+            "job 0: model 'testapp.unstreamed' has no ModelStream",
+        ),
+        (
+            [{"action": "save", "model": "testapp.message", "pk": [1], "created": True}],
+            "job 0: 'pk' must be an integer or a string",
+        ),
+        (
+            [{"action": "save", "model": "testapp.message", "pk": "abc", "created": True}],
+            "job 0: 'pk' 'abc' is not a valid pk",
+        ),
+        (
+            [{"action": "save", "model": "testapp.message", "pk": 1, "created": "yes"}],
+            "job 0: 'created' must be true or false",
+        ),
+        (
+            [{"action": "delete", "model": "testapp.message", "pk": 1}],
+            "job 0: 'fields' must be an object",
+        ),
         ([{"action": "broadcast", "stream": "x"}], "job 0: 'stream' must be"),
-        ([{"action": "broadcast", "stream": {"stream": "testapp.RoomStream", "args": [1],
-                                             "kwargs": {}}, "turbo_action": "explode",
-           "target": "x"}], "job 0: 'turbo_action': Unknown action 'explode'"),
+        (
+            [
+                {
+                    "action": "broadcast",
+                    "stream": {"stream": "testapp.RoomStream", "args": [1], "kwargs": {}},
+                    "turbo_action": "explode",
+                    "target": "x",
+                }
+            ],
+            "job 0: 'turbo_action': Unknown action 'explode'",
+        ),
     ],
 )
 def test_malformed_jobs_fail_at_once_naming_the_field(jobs, error):
@@ -160,7 +189,9 @@ def apply(dom: dict[str, str], html: str) -> None:
     a stand-in for the #messages list (append de-duplicates by element id, as Turbo does)."""
     for action, target, content in re.findall(
         r'<turbo-stream action="(\w+)" target="([^"]+)">(?:<template>(.*?)</template>)?'
-        r"</turbo-stream>", html):
+        r"</turbo-stream>",
+        html,
+    ):
         if action == "append":
             element_id = re.match(r'<p id="([^"]+)"', content)[1]
             dom.pop(element_id, None)

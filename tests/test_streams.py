@@ -40,8 +40,11 @@ def test_markup_selector_becomes_targets_and_is_attribute_escaped():
 
 
 def test_unknown_action_is_a_value_error_listing_the_actions():
-    with pytest.raises(ValueError, match=r"Unknown action 'explode', must be one of: append, "
-                                         r"prepend, replace, update, before, after, remove\."):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown action 'explode', must be one of: append, "
+        r"prepend, replace, update, before, after, remove\.",
+    ):
         turbo_stream("explode", target="x")
 
 
@@ -54,8 +57,11 @@ def test_target_needs_exactly_one_of_id_or_selector(kwargs):
 
 def test_content_needs_exactly_one_of_template_or_text():
     stream = Room(pk=1).stream
-    with pytest.raises(ValueError, match=r"append\(\) needs a template name .* or text=, "
-                                         r"not neither"):
+    with pytest.raises(
+        ValueError,
+        match=r"append\(\) needs a template name .* or text=, "
+        r"not neither",
+    ):
         stream.append(id="x")
     with pytest.raises(ValueError, match="not both"):
         stream.append("chat/message.html", text="x", id="x")
@@ -82,8 +88,7 @@ def test_template_output_is_autoescaped():
 
 
 def test_public_names():
-    assert turbo.ACTIONS == ("append", "prepend", "replace", "update", "before", "after",
-                             "remove")
+    assert turbo.ACTIONS == ("append", "prepend", "replace", "update", "before", "after", "remove")
     assert turbo.APPEND == "append"
     assert turbo.REMOVE == "remove"
 
@@ -108,8 +113,11 @@ def test_stream_of_a_created_instance_uses_its_new_pk():
 
 
 def test_broadcasting_through_a_pk_less_instance_is_a_value_error():
-    with pytest.raises(ValueError, match=r"RoomStream: cannot broadcast to or subscribe to an "
-                                         r"unsaved Room \(its pk is None\); save it first\."):
+    with pytest.raises(
+        ValueError,
+        match=r"RoomStream: cannot broadcast to or subscribe to an "
+        r"unsaved Room \(its pk is None\); save it first\.",
+    ):
         Room().stream.append(text="x", id="y")
 
 
@@ -152,8 +160,11 @@ def test_unregistered_stream_says_where_to_declare_it():
     class Stray(turbo.Stream):
         pass
 
-    with pytest.raises(ImproperlyConfigured, match=r"Stray is not a registered stream: "
-                                                   r"declare it in the streams\.py"):
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"Stray is not a registered stream: "
+        r"declare it in the streams\.py",
+    ):
         Stray().signed_name  # noqa: B018
 
 

@@ -63,8 +63,9 @@ def test_nothing_is_published_before_commit(broker, room):
     assert broker.messages() == [
         {
             "task": "turbo_tasks.deliver",
-            "jobs": [{"action": "save", "model": "testapp.message", "pk": message.pk,
-                      "created": True}],
+            "jobs": [
+                {"action": "save", "model": "testapp.message", "pk": message.pk, "created": True}
+            ],
             "kwargs": {},
         }
     ]
@@ -160,10 +161,10 @@ def test_thousand_saves_in_one_transaction_publish_one_message(broker, room):
 
 
 def test_very_large_transaction_is_chunked(broker, room):
-    with override_settings(TURBO_TASKS={"QUEUE": broker.queue, "MAX_JOBS_PER_MESSAGE": 300}):
-        with transaction.atomic():
-            for i in range(1000):
-                Message.objects.create(room=room, text=str(i))
+    chunked = override_settings(TURBO_TASKS={"QUEUE": broker.queue, "MAX_JOBS_PER_MESSAGE": 300})
+    with chunked, transaction.atomic():
+        for i in range(1000):
+            Message.objects.create(room=room, text=str(i))
     assert [len(m["jobs"]) for m in broker.messages()] == [300, 300, 300, 100]
 
 
@@ -196,10 +197,21 @@ def test_models_without_hooks_publish_nothing(broker, room):
 
 def test_fixture_loading_publishes_nothing(broker, room, tmp_path: Path):
     fixture = tmp_path / "messages.json"
-    fixture.write_text(json.dumps([
-        {"model": "testapp.message", "pk": 900, "fields": {
-            "room": room.pk, "text": "fixture", "created_at": "2026-01-01T00:00:00Z"}},
-    ]))
+    fixture.write_text(
+        json.dumps(
+            [
+                {
+                    "model": "testapp.message",
+                    "pk": 900,
+                    "fields": {
+                        "room": room.pk,
+                        "text": "fixture",
+                        "created_at": "2026-01-01T00:00:00Z",
+                    },
+                },
+            ]
+        )
+    )
     call_command("loaddata", str(fixture), verbosity=0)
     assert Message.objects.filter(pk=900).exists()
     assert broker.messages() == []
@@ -215,8 +227,9 @@ def test_job_follows_the_database_of_the_write(broker):
     assert broker.messages() == [
         {
             "task": "turbo_tasks.deliver",
-            "jobs": [{"action": "save", "model": "testapp.message", "pk": message.pk,
-                      "created": True}],
+            "jobs": [
+                {"action": "save", "model": "testapp.message", "pk": message.pk, "created": True}
+            ],
             "kwargs": {"using": "other"},
         }
     ]
@@ -224,8 +237,9 @@ def test_job_follows_the_database_of_the_write(broker):
 
 def test_deferred_action_is_published_after_commit(broker, room):
     with transaction.atomic():
-        room.stream.append("chat/message.html", {"message": Message(pk=3, room=room)},
-                           id="messages")
+        room.stream.append(
+            "chat/message.html", {"message": Message(pk=3, room=room)}, id="messages"
+        )
         room.stream.remove(selector="#messages .old")
         assert broker.messages() == []
     assert broker.jobs() == [
@@ -272,7 +286,6 @@ def test_publish_failure_never_breaks_the_write(room, caplog):
     assert record.levelno == logging.ERROR
     payload = json.loads(record.getMessage().split("are lost: ", 1)[1])
     assert payload == {
-        "jobs": [{"action": "save", "model": "testapp.message", "pk": message.pk,
-                  "created": True}],
+        "jobs": [{"action": "save", "model": "testapp.message", "pk": message.pk, "created": True}],
         "using": "default",
     }

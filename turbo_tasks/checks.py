@@ -14,6 +14,7 @@ IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 REDIS_CORE_LAYER = "channels_redis.core.RedisChannelLayer"
 # How long channels_redis blocks on BZPOPMIN in receive() (RedisChannelLayer.brpop_timeout).
 BRPOP_SECONDS = 5
+DEFAULT_SOCKET_TIMEOUT: float | None
 try:
     from redis._defaults import DEFAULT_SOCKET_TIMEOUT  # redis-py >= 8
 except ImportError:  # older redis-py: no socket timeout by default
