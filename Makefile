@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint format clean
+.PHONY: help install test lint format clean demo
 
 help:
+	@echo "make demo    run the example chat site: web, worker, Flower, Redis (Ctrl-C stops all)"
 	@echo "make test    run the test suite (installs what is missing)"
 	@echo "make lint    ruff and mypy"
 	@echo "make format  apply ruff's formatting and fixes"
@@ -14,11 +15,15 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,lint]"
+	$(PY) -m pip install -q -e ".[test,lint,example]"
 	touch $(STAMP)
 
 install: $(STAMP)
-	scripts/system-packages.sh
+	scripts/system-packages.sh browser
+	cd example && npm install --no-audit --no-fund --loglevel=error
+
+demo: install
+	scripts/demo.sh
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

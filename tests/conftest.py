@@ -209,9 +209,11 @@ class WsClient:
         self.frames.append(frame)
         return frame
 
-    def subscribe(self, signed_name: str) -> dict[str, Any]:
+    def subscribe(self, signed_name: str, timeout: float = 30) -> dict[str, Any]:
         self.send({"type": "subscribe", "stream": signed_name})
-        return self.wait(lambda f: f.get("stream") == signed_name and f["type"] != "message")
+        return self.wait(
+            lambda f: f.get("stream") == signed_name and f["type"] != "message", timeout
+        )
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:
         deadline = time.monotonic() + timeout

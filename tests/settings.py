@@ -6,6 +6,7 @@ the worker and ASGI subprocesses the tests start use the same ones.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -23,6 +24,12 @@ REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 DB_PATH = os.environ.setdefault(
     "TURBO_TEST_DB", str(Path(tempfile.gettempdir()) / f"turbo_tasks_test_{REDIS_PORT}.sqlite3")
 )
+
+# The fault tests run their worker and ASGI server with a channel-layer Redis of their own
+# (one they can stop), a short visibility timeout and quick retries.
+CHANNEL_REDIS_URL = os.environ.get("TURBO_TEST_CHANNEL_REDIS_URL", REDIS_URL)
+TURBO_TASKS = json.loads(os.environ.get("TURBO_TEST_TURBO_TASKS", "{}"))
+VISIBILITY_TIMEOUT = int(os.environ.get("TURBO_TEST_VISIBILITY_TIMEOUT", "300"))
 
 SECRET_KEY = "test-secret-key-not-for-production"
 DEBUG = False
@@ -73,7 +80,7 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 times sockets out after 5 s, as long as channels_redis blocks on a
         # receive: raise it, or every idle websocket dies (turbo_tasks.E004).
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+        "CONFIG": {"hosts": [{"address": CHANNEL_REDIS_URL, "socket_timeout": 15}]},
     }
 }
 
@@ -81,7 +88,10 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
     "socket_connect_timeout": 5,
-    "visibility_timeout": 300,
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    # Sweep for messages of dead workers every second (kombu's default: ~100 s).
+    "unacked_restore_interval": 1,
+    "unacked_restore_throttle": 1,
 }
 CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route",)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -27,6 +27,26 @@ def register() -> None:
     checks.register(check_celery_app, "turbo_tasks")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_VALUE_RULES: list[tuple[str, str, Any]] = [
+    ("MAX_JOBS_PER_MESSAGE", "a positive integer", lambda v: type(v) is int and v > 0),
+    ("MAX_SUBSCRIPTIONS_PER_SOCKET", "a positive integer", lambda v: type(v) is int and v > 0),
+    ("MAX_FRAME_SIZE", "a positive integer", lambda v: type(v) is int and v > 0),
+    ("MAX_RETRIES", "an integer >= 0", lambda v: type(v) is int and v >= 0),
+    ("RETRY_BACKOFF", "a number of seconds > 0", lambda v: _number(v) and v > 0),
+    ("RETRY_BACKOFF_MAX", "a number of seconds > 0", lambda v: _number(v) and v > 0),
+    (
+        "SIGNED_NAME_MAX_AGE",
+        "None or a number of seconds > 0",
+        lambda v: v is None or (_number(v) and v > 0),
+    ),
+    ("PUBLISH_RETRY_POLICY", "a dict of kombu retry_policy options", lambda v: isinstance(v, dict)),
+]
+
+
 def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     try:
         unknown = conf.unknown_keys()
@@ -41,24 +61,14 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 id="turbo_tasks.E001",
             )
         )
-    for key in ("MAX_JOBS_PER_MESSAGE", "MAX_SUBSCRIPTIONS_PER_SOCKET", "MAX_FRAME_SIZE"):
+    for key, rule, valid in _VALUE_RULES:
         value = conf.get(key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        if not valid(value):
             errors.append(
                 checks.Error(
-                    f"TURBO_TASKS[{key!r}] must be a positive integer, not {value!r}.",
-                    id="turbo_tasks.E001",
+                    f"TURBO_TASKS[{key!r}] must be {rule}, not {value!r}.", id="turbo_tasks.E001"
                 )
             )
-    max_age = conf.get("SIGNED_NAME_MAX_AGE")
-    if max_age is not None and not (isinstance(max_age, (int, float)) and max_age > 0):
-        errors.append(
-            checks.Error(
-                f"TURBO_TASKS['SIGNED_NAME_MAX_AGE'] must be None or a number of seconds > 0, "
-                f"not {max_age!r}.",
-                id="turbo_tasks.E001",
-            )
-        )
     return errors
 
 

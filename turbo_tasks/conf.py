@@ -22,6 +22,19 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SUBSCRIPTIONS_PER_SOCKET": 100,
     # Largest client frame (characters) the consumer will parse.
     "MAX_FRAME_SIZE": 16384,
+    # Worker: retries of a delivery that hit a Redis or database outage, and their backoff
+    # (seconds, doubled per retry, jittered, capped). Keep the cap below the broker's
+    # visibility timeout.
+    "MAX_RETRIES": 8,
+    "RETRY_BACKOFF": 0.5,
+    "RETRY_BACKOFF_MAX": 30,
+    # Web: how long a publish at commit may retry a broker outage before giving up.
+    "PUBLISH_RETRY_POLICY": {
+        "max_retries": 3,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    },
 }
 
 

@@ -211,15 +211,23 @@ def publish(jobs: list[Job], using: str) -> None:
     if override is not None:
         override(jobs, using)
         return
-    from turbo_tasks.tasks import deliver
+    from turbo_tasks.tasks import deliver, readable_args
 
     size = max(1, int(conf.get("MAX_JOBS_PER_MESSAGE")))
     queue = conf.get("QUEUE")
+    policy = conf.get("PUBLISH_RETRY_POLICY")
     kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
     for start in range(0, len(jobs), size):
         chunk = jobs[start : start + size]
         try:
-            deliver.apply_async((chunk,), kwargs, queue=queue)
+            deliver.apply_async(
+                (chunk,),
+                kwargs,
+                queue=queue,
+                retry=True,
+                retry_policy=policy,
+                **readable_args(chunk, kwargs),
+            )
         except Exception:
             # The write has committed; breaking the caller now would not undo it.
             logger.exception(

@@ -2,23 +2,86 @@
 
 from __future__ import annotations
 
+import json
+import random
 from typing import Any
 
-from celery import shared_task
-from django.db import DEFAULT_DB_ALIAS
+import redis.exceptions
+from celery import Task, shared_task
+from celery.exceptions import Reject
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
 
 from turbo_tasks import conf, delivery
 
+# Transient failures of the channel layer (Redis) and the database: worth a retry.
+RETRYABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OperationalError,
+    InterfaceError,
+)
 
-@shared_task(name="turbo_tasks.deliver", ignore_result=True)
-def deliver(jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> int:
+
+class DeliveryFailed(Exception):
+    """Retries ran out; the task ends in FAILURE and can be re-run with the same args."""
+
+
+@shared_task(  # type: ignore[call-overload]  # celery-types lacks retry_on_worker_lost
+    bind=True,
+    name="turbo_tasks.deliver",
+    ignore_result=True,
+    # Acknowledge after running, so a task whose worker dies is delivered again.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    retry_on_worker_lost=True,
+    max_retries=None,  # bounded by TURBO_TASKS["MAX_RETRIES"] below
+)
+def deliver(self: Task, jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> int:
     """Run the ModelStream hooks for ``jobs`` and push the frames they send.
 
     ``jobs`` are the JSON jobs one committed transaction recorded, e.g.
     ``[{"action": "save", "model": "chat.message", "pk": 5, "created": true}]``.
-    Re-running it with the same arguments (e.g. from Flower) delivers again.
+    Re-running it with the same arguments (e.g. from Flower) delivers again. Malformed jobs
+    fail at once (``InvalidJob``); Redis and database outages are retried with backoff.
     """
-    return delivery.deliver(jobs, using)
+    try:
+        return delivery.deliver(jobs, using)
+    except RETRYABLE as exc:
+        retries = self.request.retries
+        if retries >= conf.get("MAX_RETRIES"):
+            raise DeliveryFailed(
+                f"turbo_tasks.deliver gave up after {retries} retries: {exc!r}"
+            ) from exc
+        try:
+            raise self.retry(
+                exc=exc,
+                countdown=backoff(retries),
+                max_retries=None,
+                **readable_args(jobs, self.request.kwargs or {}),  # type: ignore[arg-type]
+            )
+        except Reject as rejected:
+            # The retry could not be published (the broker is down too). Put the message
+            # back instead of dropping it; if even that fails it stays unacknowledged and
+            # the broker redelivers it after its visibility timeout.
+            raise Reject(exc, requeue=True) from rejected
+
+
+def readable_args(jobs: list[dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, str]:
+    """Message options that show the arguments whole, as JSON, in Flower: a re-run through
+    Flower's API (or ``turbo_tasks_rerun``) needs them complete, and Celery's default repr
+    is cut at 1024 characters."""
+    return {
+        "argsrepr": json.dumps([jobs], separators=(",", ":")),
+        "kwargsrepr": json.dumps(kwargs, separators=(",", ":")),
+    }
+
+
+def backoff(retries: int) -> float:
+    """Exponential backoff with full jitter, capped by TURBO_TASKS["RETRY_BACKOFF_MAX"]."""
+    ceiling = min(conf.get("RETRY_BACKOFF_MAX"), conf.get("RETRY_BACKOFF") * 2**retries)
+    return float(random.uniform(ceiling / 2, ceiling))
 
 
 def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:

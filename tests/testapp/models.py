@@ -18,3 +18,12 @@ class Unstreamed(models.Model):
     """A model without a stream: its writes must never reach the broker."""
 
     name = models.CharField(max_length=100)
+
+
+class Gated(models.Model):
+    """Its hook blocks until a file appears: lets a test kill a worker mid-task."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE)
+    name = models.CharField(max_length=100)
+    started_path = models.CharField(max_length=500)
+    gate_path = models.CharField(max_length=500)

@@ -1,9 +1,12 @@
 """The seed example, with only its import changed, plus a per-user stream."""
 
+import time
+from pathlib import Path
+
 import turbo_tasks as turbo
 from tests.otherapp.streams import AnnouncementStream, AuditedModelStream  # noqa: F401
 
-from .models import Message, Room
+from .models import Gated, Message, Room
 
 
 class RoomStream(turbo.ModelStream):
@@ -43,3 +46,17 @@ class NotificationStream(turbo.Stream):
 
     def user_passes_test(self, user):
         return user.is_authenticated and user.pk == self.user_id
+
+
+class GatedStream(turbo.ModelStream):
+    class Meta:
+        model = Gated
+
+    def on_save(self, gated, created, *args, **kwargs):
+        Path(gated.started_path).touch()
+        deadline = time.monotonic() + 120
+        while not Path(gated.gate_path).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never opened the gate")
+            time.sleep(0.05)
+        gated.room.stream.append(text=gated.name, id="gated")
