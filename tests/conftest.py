@@ -3,6 +3,7 @@ subprocess on a free port, started once per session when a test asks for it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
+from django.test import override_settings
 from websockets.sync.client import ClientConnection, connect
 
 from worker import (
@@ -244,3 +247,30 @@ def ws_client(asgi_server: str) -> Iterator[Callable[..., WsClient]]:
             return WsClient(conn)
 
         yield open_client
+
+
+class Broker:
+    def __init__(self, client: Any, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The published task messages, oldest first, as {"task", "jobs", "kwargs"}."""
+        decoded = []
+        for raw in reversed(self.client.lrange(self.queue, 0, -1)):
+            message = json.loads(raw)
+            args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+            decoded.append({"task": message["headers"]["task"], "jobs": args[0], "kwargs": kwargs})
+        return decoded
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [job for message in self.messages() for job in message["jobs"]]
+
+
+@pytest.fixture
+def broker(redis_client):
+    """Publish to a queue of the test's own that no worker consumes, to count messages."""
+    queue = f"counted-{uuid.uuid4().hex[:8]}"
+    with override_settings(TURBO_TASKS={"QUEUE": queue}):
+        yield Broker(redis_client, queue)
+    redis_client.delete(queue)

@@ -43,6 +43,10 @@ _VALUE_RULES: list[tuple[str, str, Any]] = [
         "None or a number of seconds > 0",
         lambda v: v is None or (_number(v) and v > 0),
     ),
+    ("PUBLISH_MODE", "'direct' or 'outbox'", lambda v: v in ("direct", "outbox")),
+    ("OUTBOX_RELAY_AGE", "a number of seconds >= 0", lambda v: _number(v) and v >= 0),
+    ("OUTBOX_RELAY_INTERVAL", "a number of seconds > 0", lambda v: _number(v) and v > 0),
+    ("OUTBOX_CLAIM_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("PUBLISH_RETRY_POLICY", "a dict of kombu retry_policy options", lambda v: isinstance(v, dict)),
 ]
 

@@ -28,6 +28,16 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RETRIES": 8,
     "RETRY_BACKOFF": 0.5,
     "RETRY_BACKOFF_MAX": 30,
+    # "direct": publish after commit, log and lose the broadcast if the broker is down.
+    # "outbox": also write each job in the transaction; a relay publishes what is left.
+    "PUBLISH_MODE": "direct",
+    # Outbox: rows younger than this are left to the committing process.
+    "OUTBOX_RELAY_AGE": 5,
+    # Outbox: seconds between relay sweeps, and how long a publisher owns claimed rows.
+    "OUTBOX_RELAY_INTERVAL": 2,
+    "OUTBOX_CLAIM_SECONDS": 60,
+    # Outbox: run the relay in a thread of every Celery worker (or use turbo_tasks_relay).
+    "OUTBOX_RELAY_IN_WORKER": True,
     # Web: how long a publish at commit may retry a broker outage before giving up.
     "PUBLISH_RETRY_POLICY": {
         "max_retries": 3,

@@ -23,7 +23,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.signals import post_delete, post_save
 
-from turbo_tasks import conf
+from turbo_tasks import conf, outbox
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +136,12 @@ class _Batch:
         # when, and only if, Django runs them.
         taken = [b for b in self.buckets if not b.done and (b is first or b.settled)]
         jobs: list[Job] = []
+        ids: list[int] = []
         for bucket in taken:
             bucket.done = True
             jobs.extend(bucket.jobs)
-        publish(jobs, self.using)
+            ids.extend(bucket.outbox_ids)
+        _publish_committed(jobs, ids, self.using)
 
 
 class _Bucket:
@@ -151,6 +153,7 @@ class _Bucket:
         self.batch = batch
         self.sids = sids
         self.jobs: list[Job] = []
+        self.outbox_ids: list[int] = []  # outbox mode: the rows written for self.jobs
         self.settled = not sids
         self.done = False
 
@@ -162,8 +165,9 @@ class _Bucket:
 def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
     """Publish ``job`` once the current transaction on ``using`` commits (now if none)."""
     conn = connections[using]
+    durable = conf.get("PUBLISH_MODE") == "outbox"
     if not conn.in_atomic_block:
-        publish([job], using)
+        _publish_committed([job], [outbox.record(job, using)] if durable else [], using)
         return
     batch: _Batch | None = getattr(conn, _BATCH_ATTR, None)
     pending = conn.run_on_commit
@@ -177,10 +181,14 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
             and all(sid in bucket.sids for sid in conn.savepoint_ids)
         ):
             bucket.jobs.append(job)
+            if durable:
+                bucket.outbox_ids.append(outbox.record(job, using))
             return
     batch = _refresh(conn, batch, using)
     bucket = _Bucket(batch, frozenset(conn.savepoint_ids))
     bucket.jobs.append(job)
+    if durable:
+        bucket.outbox_ids.append(outbox.record(job, using))
     batch.buckets.append(bucket)
     transaction.on_commit(bucket, using=using, robust=True)
 
@@ -203,19 +211,28 @@ def _refresh(conn: Any, batch: _Batch | None, using: str) -> _Batch:
 # -- publishing -------------------------------------------------------------------------
 
 
-def publish(jobs: list[Job], using: str) -> None:
-    """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages; never raises."""
+def _publish_committed(jobs: list[Job], outbox_ids: list[int], using: str) -> None:
+    if outbox_ids:
+        outbox.publish_rows(outbox_ids, jobs, using, send_jobs)
+    else:
+        send_jobs(jobs, using)
+
+
+def send_jobs(jobs: list[Job], using: str) -> bool:
+    """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages. Never raises:
+    a failure is logged with the payload and reported by returning False."""
     if not jobs:
-        return
+        return True
     override = publisher.get()
     if override is not None:
         override(jobs, using)
-        return
+        return True
     from turbo_tasks.tasks import deliver, readable_args
 
-    size = max(1, int(conf.get("MAX_JOBS_PER_MESSAGE")))
+    size = conf.get("MAX_JOBS_PER_MESSAGE")
     queue = conf.get("QUEUE")
     policy = conf.get("PUBLISH_RETRY_POLICY")
+    durable = conf.get("PUBLISH_MODE") == "outbox"
     kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
     for start in range(0, len(jobs), size):
         chunk = jobs[start : start + size]
@@ -231,9 +248,13 @@ def publish(jobs: list[Job], using: str) -> None:
         except Exception:
             # The write has committed; breaking the caller now would not undo it.
             logger.exception(
-                "turbo_tasks could not publish %d broadcast job(s) to queue %r; "
-                "these broadcasts are lost: %s",
-                len(chunk),
+                "turbo_tasks could not publish %d broadcast job(s) to queue %r; %s: %s",
+                len(jobs) - start,
                 queue,
-                json.dumps({"jobs": chunk, "using": using}),
+                "they stay in the outbox for the relay"
+                if durable
+                else "these broadcasts are lost (PUBLISH_MODE 'outbox' would keep them)",
+                json.dumps({"jobs": jobs[start:], "using": using}),
             )
+            return False
+    return True

@@ -9,6 +9,7 @@ from typing import Any
 import redis.exceptions
 from celery import Task, shared_task
 from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
 
 from turbo_tasks import conf, delivery
@@ -93,3 +94,21 @@ def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **k
     if name == "turbo_tasks.deliver":
         return {"queue": conf.get("QUEUE")}
     return None
+
+
+_relay_stop: Any = None
+
+
+@worker_ready.connect
+def _start_outbox_relay(**kwargs: Any) -> None:
+    global _relay_stop
+    if conf.get("PUBLISH_MODE") == "outbox" and conf.get("OUTBOX_RELAY_IN_WORKER"):
+        from turbo_tasks import outbox
+
+        _relay_stop = outbox.start_relay_thread()
+
+
+@worker_shutdown.connect
+def _stop_outbox_relay(**kwargs: Any) -> None:
+    if _relay_stop is not None:
+        _relay_stop.set()

@@ -1,0 +1,176 @@
+"""PUBLISH_MODE "outbox": jobs are written in the transaction and survive a broker outage."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+from django.core.management import call_command
+from django.db import connections, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from tests.conftest import celery_app, free_port
+from tests.testapp.models import Message, Room
+from turbo_tasks import outbox
+from turbo_tasks.models import OutboxJob
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def durable(broker):
+    settings = {"QUEUE": broker.queue, "PUBLISH_MODE": "outbox", "OUTBOX_RELAY_AGE": 0}
+    with override_settings(TURBO_TASKS=settings):
+        yield broker
+
+
+@pytest.fixture
+def room():
+    return Room.objects.create(name="lobby")
+
+
+class BrokerDown:
+    """Make the current Celery app one whose broker refuses connections."""
+
+    def __enter__(self) -> None:
+        Celery(
+            "broker-down",
+            broker=f"redis://127.0.0.1:{free_port()}/0",
+            broker_transport_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+            set_as_current=False,
+        ).set_current()
+
+    def __exit__(self, *exc: object) -> None:
+        celery_app.set_current()
+
+
+def save_job(message: Message) -> dict:
+    return {"action": "save", "model": "testapp.message", "pk": message.pk, "created": True}
+
+
+def test_jobs_are_written_in_the_transaction_and_removed_once_published(durable, room):
+    with transaction.atomic():
+        message = Message.objects.create(room=room, text="hi")
+        assert list(OutboxJob.objects.values_list("job", flat=True)) == [save_job(message)]
+        assert durable.messages() == []
+    assert OutboxJob.objects.count() == 0
+    assert durable.jobs() == [save_job(message)]
+    assert len(durable.messages()) == 1
+
+
+def test_rollback_leaves_no_outbox_rows(durable, room):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Message.objects.create(room=room, text="hi")
+        raise RuntimeError
+    assert OutboxJob.objects.count() == 0
+    assert durable.messages() == []
+
+
+def test_rolled_back_savepoint_drops_its_outbox_rows(durable, room):
+    with transaction.atomic():
+        kept = Message.objects.create(room=room, text="kept")
+        try:
+            with transaction.atomic():
+                Message.objects.create(room=room, text="dropped")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    assert durable.jobs() == [save_job(kept)]
+    assert OutboxJob.objects.count() == 0
+
+
+def test_broker_down_at_commit_keeps_the_jobs_for_the_relay(durable, room, caplog):
+    with caplog.at_level(logging.ERROR, logger="turbo_tasks"), BrokerDown():
+        message = Message.objects.create(room=room, text="kept through the outage")
+    assert Message.objects.filter(pk=message.pk).exists()
+    assert "they stay in the outbox for the relay" in caplog.text
+    assert list(OutboxJob.objects.values_list("job", "claim")) == [(save_job(message), None)]
+
+    assert outbox.relay_once() == 1
+    assert durable.jobs() == [save_job(message)]
+    assert OutboxJob.objects.count() == 0
+
+
+def test_relay_leaves_young_rows_to_the_committing_process(durable):
+    OutboxJob.objects.create(job={"action": "save"})
+    with override_settings(TURBO_TASKS={"QUEUE": durable.queue, "OUTBOX_RELAY_AGE": 60}):
+        assert outbox.relay_once() == 0
+    assert OutboxJob.objects.count() == 1
+
+
+def test_relay_takes_over_expired_claims_but_not_live_ones(durable):
+    now = timezone.now()
+    OutboxJob.objects.create(
+        job={"n": 1},
+        claim="00000000-0000-0000-0000-000000000001",
+        claimed_until=now - timedelta(seconds=1),
+    )
+    OutboxJob.objects.create(
+        job={"n": 2},
+        claim="00000000-0000-0000-0000-000000000002",
+        claimed_until=now + timedelta(seconds=60),
+    )
+    sent: list[dict] = []
+    assert outbox.relay_once(send=lambda jobs, using: sent.extend(jobs) or True) == 1
+    assert sent == [{"n": 1}]
+    assert list(OutboxJob.objects.values_list("job", flat=True)) == [{"n": 2}]
+
+
+def test_failed_relay_publish_releases_the_rows(durable):
+    OutboxJob.objects.create(job={"n": 1})
+    assert outbox.relay_once(send=lambda jobs, using: False) == 0
+    assert list(OutboxJob.objects.values_list("claim", flat=True)) == [None]
+
+
+def test_concurrent_relays_publish_each_row_once(durable):
+    OutboxJob.objects.bulk_create(OutboxJob(job={"n": i}) for i in range(300))
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def send(jobs, using):
+        with lock:
+            sent.extend(job["n"] for job in jobs)
+        return True
+
+    def relay():
+        try:
+            with override_settings(TURBO_TASKS={"MAX_JOBS_PER_MESSAGE": 7, "OUTBOX_RELAY_AGE": 0}):
+                outbox.relay_once(send=send)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=relay) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(sent) == list(range(300))
+    assert OutboxJob.objects.count() == 0
+
+
+def test_relay_command_once(durable, room):
+    with BrokerDown():
+        message = Message.objects.create(room=room, text="x")
+    call_command("turbo_tasks_relay", "--once", "--database", "default", verbosity=0)
+    assert durable.jobs() == [save_job(message)]
+
+
+@pytest.mark.usefixtures("celery_worker_process")
+def test_broker_outage_then_relay_delivers_the_frame(ws_client, room):
+    client = ws_client()
+    client.subscribe(room.stream.signed_name)
+    with override_settings(TURBO_TASKS={"PUBLISH_MODE": "outbox", "OUTBOX_RELAY_AGE": 0}):
+        with BrokerDown():
+            message = Message.objects.create(room=room, text="after the outage")
+        stop = outbox.start_relay_thread(["default"])
+        try:
+            assert client.messages() == (
+                '<turbo-stream action="append" target="messages"><template>'
+                f'<p id="message-{message.pk}">after the outage</p></template></turbo-stream>'
+            )
+        finally:
+            stop.set()

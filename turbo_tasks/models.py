@@ -1,0 +1,27 @@
+"""The transactional outbox (``TURBO_TASKS["PUBLISH_MODE"] = "outbox"``)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class OutboxJob(models.Model):
+    """One broadcast job, written in the same transaction as the change it describes.
+
+    Deleted once its Celery message is published; a row that outlives its commit means
+    the broker was unreachable, and the relay publishes it later.
+    """
+
+    job = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # A publisher (the committing process or a relay) owns the row until claimed_until.
+    claim = models.UUIDField(null=True, blank=True, db_index=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "outbox job"
+
+    def __str__(self) -> str:
+        return f"{self.job.get('action')} {self.job.get('model', '')} {self.job.get('pk', '')}"
