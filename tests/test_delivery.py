@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.testapp.models import Message, Room
-from turbo_tasks import delivery
+from turbo_tasks import delivery, layers
 from turbo_tasks.signals import snapshot
 from turbo_tasks.tasks import deliver
 
@@ -249,3 +249,39 @@ def test_stale_edit_arriving_late_renders_the_latest_state(subscribed, room):
     deliver.apply_async(([old_edit],), queue="turbo_tasks")
     dom = settle(subscribed, room)
     assert dom == {f"message-{message.pk}": f'<p id="message-{message.pk}">v2</p>'}
+
+
+# -- channel layer ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layer(redis_server):
+    return layers.get_layer()
+
+
+def test_only_groups_with_live_members_count_as_subscribed(layer):
+    lobby, empty = Room(pk=10**6).stream.group_name, Room(pk=10**6 + 1).stream.group_name
+    layers.run(layer.group_add(lobby, "specific.test!member"))
+    try:
+        assert layers.groups_with_subscribers(layer, {lobby, empty}) == {lobby}
+    finally:
+        layers.run(layer.group_discard(lobby, "specific.test!member"))
+    assert layers.groups_with_subscribers(layer, {lobby}) == set()
+
+
+def test_frames_for_streams_nobody_watches_are_not_rendered(layer, room):
+    # A template that cannot render proves it: delivering to an unwatched stream succeeds.
+    job = {
+        "action": "broadcast",
+        "stream": {"stream": "testapp.RoomStream", "args": [room.pk], "kwargs": {}},
+        "turbo_action": "append",
+        "target": "messages",
+        "template": "does/not/exist.html",
+    }
+    assert delivery.deliver([job]) == 0
+    with pytest.raises(delivery.HookError, match="TemplateDoesNotExist"):
+        layers.run(layer.group_add(room.stream.group_name, "specific.test!watcher"))
+        try:
+            delivery.deliver([job])
+        finally:
+            layers.run(layer.group_discard(room.stream.group_name, "specific.test!watcher"))

@@ -6,19 +6,16 @@ Runs in the Celery worker (``turbo_tasks.deliver``) and, in-process, in
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.apps import apps
-from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 from django.db.models.base import DEFERRED
 
-from turbo_tasks import conf, rendering
+from turbo_tasks import layers, rendering
 from turbo_tasks.streams import (
     Broadcast,
     ModelStream,
@@ -31,11 +28,6 @@ from turbo_tasks.streams import (
 logger = logging.getLogger(__name__)
 
 Job = dict[str, Any]
-
-# Frames for one group in one message; Turbo applies every <turbo-stream> in a message.
-MAX_FRAMES_PER_MESSAGE = 100
-# redis-py's async pool holds 100 connections; stay well below it.
-MAX_CONCURRENT_SENDS = 50
 
 
 class InvalidJob(ValueError):
@@ -155,9 +147,16 @@ def _reload(steps: list[_RowStep | Job], using: str) -> dict[tuple[type, Any], m
             wanted.setdefault(step.model, []).append(step.pk)
     rows = {}
     for model, pks in wanted.items():
-        for pk, row in model._base_manager.using(using).in_bulk(pks).items():
+        # Hooks usually follow foreign keys (message.room.stream): load those per batch,
+        # not per row.
+        queryset = model._base_manager.using(using).prefetch_related(*_foreign_keys(model))
+        for pk, row in queryset.in_bulk(pks).items():
             rows[(model, pk)] = row
     return rows
+
+
+def _foreign_keys(model: type[models.Model]) -> list[str]:
+    return [f.name for f in model._meta.concrete_fields if f.many_to_one]
 
 
 def _rebuild(model: type[models.Model], fields: dict[str, Any], using: str) -> models.Model:
@@ -203,17 +202,17 @@ def _run(
     out: list[Broadcast],
 ) -> None:
     if isinstance(step, dict):
-        stream = stream_from_ref(step["stream"])
-        target = step.get("target")
-        html = rendering.render_frame(
-            step["turbo_action"],
-            target=target,
-            targets=step.get("targets"),
-            template=step.get("template"),
-            context=decode_context(step.get("context", {}), using),
-            text=step.get("text"),
+        out.append(
+            Broadcast(
+                stream_from_ref(step["stream"]),
+                step["turbo_action"],
+                step.get("target"),
+                step.get("targets"),
+                template=step.get("template"),
+                context=decode_context(step.get("context", {}), using),
+                text=step.get("text"),
+            )
         )
-        out.append(Broadcast(stream, step["turbo_action"], target, step.get("targets"), html))
         return
     if step.deleted is not None:
         instance = _rebuild(step.model, step.deleted["fields"], using)
@@ -230,53 +229,37 @@ def _run(
         step.stream_class(row).on_save(row, created=step.created)
 
 
-def push(broadcasts: list[Broadcast]) -> None:
-    """Send the frames to their groups: one channel-layer message per group (in chunks),
-    frames in the order the hooks sent them."""
-    if not broadcasts:
-        return
-    alias = conf.get("CHANNEL_LAYER")
-    layer = get_channel_layer(alias)
-    if layer is None:
-        raise ImproperlyConfigured(
-            f"No channel layer {alias!r} in CHANNEL_LAYERS; turbo_tasks cannot deliver frames. "
-            f"Configure channels_redis, or set TURBO_TASKS['CHANNEL_LAYER']."
-        )
-    by_group: dict[str, list[str]] = {}
+def materialize(
+    broadcasts: list[Broadcast],
+    errors: list[tuple[Job, BaseException]],
+    groups: set[str] | None = None,
+) -> list[tuple[str, str]]:
+    """Render the frames (only those for ``groups``, when given) as ``(group, html)``;
+    a template that fails is logged and recorded in ``errors``, the others still go."""
+    frames = []
     for broadcast in broadcasts:
-        by_group.setdefault(broadcast.group, []).append(broadcast.html)
-    chunks = {
-        group: [
-            "".join(frames[i : i + MAX_FRAMES_PER_MESSAGE])
-            for i in range(0, len(frames), MAX_FRAMES_PER_MESSAGE)
-        ]
-        for group, frames in by_group.items()
-    }
-    async_to_sync(_send_all)(layer, chunks)
-
-
-async def _send_all(layer: Any, chunks: dict[str, list[str]]) -> None:
-    limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
-
-    async def send_group(group: str, messages: list[str]) -> None:
-        # One group's messages go out in order; groups go out concurrently.
-        async with limit:
-            for html in messages:
-                await layer.group_send(
-                    group, {"type": "turbo.message", "group": group, "html": html}
-                )
-
-    await asyncio.gather(*(send_group(group, messages) for group, messages in chunks.items()))
+        if groups is not None and broadcast.group not in groups:
+            continue
+        try:
+            frames.append((broadcast.group, broadcast.html))
+        except Exception as exc:
+            logger.exception("turbo_tasks: rendering %r failed", broadcast)
+            errors.append(({"broadcast": repr(broadcast)}, exc))
+    return frames
 
 
 def deliver(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> int:
-    """Render and push ``jobs``; return the number of frames sent. Frames from hooks that
-    succeeded are pushed even when another hook failed; then HookError is raised."""
+    """Run the hooks for ``jobs``, render the frames of streams that have subscribers and
+    push them; return the number of frames sent. Frames from hooks that succeeded are
+    pushed even when another hook failed; then HookError is raised."""
     result = render(jobs, using)
-    push(result.broadcasts)
+    layer = layers.get_layer()
+    subscribed = layers.groups_with_subscribers(layer, {b.group for b in result.broadcasts})
+    frames = materialize(result.broadcasts, result.errors, subscribed)
+    layers.push(layer, frames)
     if result.errors:
         raise HookError(
             f"{len(result.errors)} of {len(jobs)} broadcast job(s) failed in their hooks: "
             + "; ".join(f"{job}: {exc!r}" for job, exc in result.errors[:5])
         )
-    return len(result.broadcasts)
+    return len(frames)

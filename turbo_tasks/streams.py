@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from contextvars import ContextVar
-from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
@@ -39,19 +38,51 @@ class StreamRef(TypedDict):
     kwargs: dict[str, Any]
 
 
-@dataclass(frozen=True)
 class Broadcast:
-    """One ``<turbo-stream>`` frame for one stream, as pushed to its Channels group."""
+    """One ``<turbo-stream>`` frame for one stream, as pushed to its Channels group.
 
-    stream: Stream
-    action: str
-    target: str | None
-    targets: str | None
-    html: str
+    Rendered on first access to ``html``: the worker skips rendering frames for streams
+    nobody is subscribed to.
+    """
+
+    __slots__ = ("_context", "_html", "_template", "_text", "action", "stream", "target", "targets")
+
+    def __init__(
+        self,
+        stream: Stream,
+        action: str,
+        target: str | None,
+        targets: str | None,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.stream, self.action, self.target, self.targets = stream, action, target, targets
+        self._template, self._context, self._text = template, context, text
+        self._html: str | None = None
+
+    @property
+    def html(self) -> str:
+        if self._html is None:
+            self._html = rendering.render_frame(
+                self.action,
+                target=self.target,
+                targets=self.targets,
+                template=self._template,
+                context=self._context,
+                text=self._text,
+            )
+        return self._html
 
     @property
     def group(self) -> str:
         return self.stream.group_name
+
+    def __repr__(self) -> str:
+        where = (
+            f"target={self.target!r}" if self.target is not None else f"targets={self.targets!r}"
+        )
+        return f"<Broadcast {self.action} {where} to {self.stream!r}>"
 
 
 # Set by the worker (and turbo_tasks.testing) while hooks run: actions are rendered at
@@ -275,10 +306,7 @@ class Stream:
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
         collected = collector.get()
         if collected is not None:
-            html = rendering.render_frame(
-                action, target=id, targets=selector, template=template, context=context, text=text
-            )
-            collected.append(Broadcast(self, action, id, selector, html))
+            collected.append(Broadcast(self, action, id, selector, template, context, text))
             return
         from turbo_tasks import signals
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import random
 from typing import Any
@@ -20,6 +21,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
     ConnectionError,
     TimeoutError,
+    concurrent.futures.TimeoutError,  # the channel-layer loop did not answer (Python 3.10)
     OperationalError,
     InterfaceError,
 )

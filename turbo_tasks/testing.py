@@ -112,6 +112,7 @@ def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]
     def run(jobs: list[dict[str, Any]], alias: str) -> None:
         # The same JSON round trip a real message makes.
         result = delivery.render(json.loads(json.dumps(jobs)), alias)
+        delivery.materialize(result.broadcasts, result.errors)  # render now, as a worker would
         captured.extend(result.broadcasts)
         errors.extend(exc for _, exc in result.errors)
 

@@ -20,17 +20,11 @@ export class StreamConnection {
     unsubscribeDelay = 0,
     logger = globalThis.console,
   } = {}) {
-    this.url = url;
-    this.WebSocket = WebSocket;
+    Object.assign(this, { url, WebSocket, random, baseDelay, maxDelay, unsubscribeDelay, logger });
     // Wrapped so the browser's timer functions are never called with `this` = connection
     // (that throws "Illegal invocation").
     this.setTimeout = (fn, ms) => st(fn, ms);
     this.clearTimeout = (id) => ct(id);
-    this.random = random;
-    this.baseDelay = baseDelay;
-    this.maxDelay = maxDelay;
-    this.unsubscribeDelay = unsubscribeDelay;
-    this.logger = logger;
     // name -> { listeners: Set, state: null | "subscribed" | "rejected", reason, sent, unsubscribeTimer }
     this.subscriptions = new Map();
     this.socket = null;
@@ -78,11 +72,7 @@ export class StreamConnection {
     if (this.reconnectTimer !== null) this.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.attempts = 0;
-    const ws = this.socket;
-    if (ws) {
-      this._drop(ws);
-      try { ws.close(); } catch { /* already closing */ }
-    }
+    if (this.socket) this._drop(this.socket);
   }
 
   _connect() {
@@ -115,9 +105,8 @@ export class StreamConnection {
 
   // close and error both land here; browsers usually fire both for one failure.
   _onLost(ws) {
+    // _drop closes it too: error without close can leave a socket half-alive.
     this._drop(ws);
-    // error without close can leave the socket half-alive; make sure it is really gone.
-    try { ws.close(); } catch { /* ignore */ }
     for (const sub of this.subscriptions.values()) {
       const wasSubscribed = sub.state === "subscribed";
       sub.state = null;
@@ -126,9 +115,10 @@ export class StreamConnection {
     if (this.subscriptions.size > 0) this._scheduleReconnect();
   }
 
-  // Forget a socket: detach its handlers and reset per-socket state.
+  // Forget a socket: detach its handlers, close it, reset per-socket state.
   _drop(ws) {
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try { ws.close(); } catch { /* already closing */ }
     if (this.socket === ws) this.socket = null;
     this.isOpen = false;
     for (const sub of this.subscriptions.values()) sub.sent = false;
@@ -153,11 +143,7 @@ export class StreamConnection {
   }
 
   _send(frame) {
-    try {
-      this.socket.send(JSON.stringify(frame));
-    } catch (error) {
-      this.logger?.warn?.("turbo-tasks: send failed", error);
-    }
+    try { this.socket.send(JSON.stringify(frame)); } catch (e) { this.logger?.warn?.("turbo-tasks: send failed", e); }
   }
 
   _onMessage(event) {
@@ -170,10 +156,7 @@ export class StreamConnection {
       return;
     }
     if (!frame || typeof frame !== "object") return;
-    if (frame.type === "error") {
-      this.logger?.warn?.("turbo-tasks: server reported an error:", frame.reason);
-      return;
-    }
+    if (frame.type === "error") return void this.logger?.warn?.("turbo-tasks: server error:", frame.reason);
     const sub = this.subscriptions.get(frame.stream);
     if (!sub) return; // stale frame for a name we already dropped
     // Copy: a listener may unregister (or register) while we iterate.
@@ -193,11 +176,7 @@ export class StreamConnection {
 
   // One misbehaving listener must not starve the others or break the socket handler.
   _call(listener, method, ...args) {
-    try {
-      listener[method]?.(...args);
-    } catch (error) {
-      this.logger?.error?.(`turbo-tasks: listener ${method} threw`, error);
-    }
+    try { listener[method]?.(...args); } catch (e) { this.logger?.error?.(`turbo-tasks: ${method} threw`, e); }
   }
 }
 
@@ -282,9 +261,7 @@ export class TurboChannelsStreamSourceElement extends Base {
     this._emit("turbo-tasks:rejected", { reason });
   }
 
-  onDisconnected() {
-    this.removeAttribute("connected");
-  }
+  onDisconnected() { this.removeAttribute("connected"); }
 
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { bubbles: true, detail: { stream: this._name, ...detail } }));

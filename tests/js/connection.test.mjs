@@ -1,0 +1,305 @@
+// Unit tests for StreamConnection (the DOM-free half of turbo-tasks.js).
+// Run with: node --test tests/js/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { StreamConnection } from "../../turbo_tasks/static/turbo_tasks/turbo-tasks.js";
+
+// A tiny deterministic scheduler standing in for setTimeout/clearTimeout.
+class FakeTimers {
+  constructor() {
+    this.now = 0;
+    this.nextId = 1;
+    this.pending = new Map(); // id -> { at, fn, delay }
+    this.setTimeout = (fn, delay = 0) => {
+      const id = this.nextId++;
+      this.pending.set(id, { at: this.now + delay, fn, delay });
+      return id;
+    };
+    this.clearTimeout = (id) => this.pending.delete(id);
+  }
+  delays() {
+    return [...this.pending.values()].map((t) => t.delay);
+  }
+  // Run every timer due within `ms`, in time order (including ones they schedule).
+  advance(ms) {
+    const end = this.now + ms;
+    for (;;) {
+      const due = [...this.pending].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at || a[0] - b[0]);
+      if (due.length === 0) break;
+      const [id, t] = due[0];
+      this.pending.delete(id);
+      this.now = t.at;
+      t.fn();
+    }
+    this.now = end;
+  }
+}
+
+class FakeWebSocket {
+  static instances = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.closed = false;
+    FakeWebSocket.instances.push(this);
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+  }
+  close() {
+    this.closed = true;
+  }
+  // Test-side triggers.
+  open() { this.onopen?.({}); }
+  receive(frame) { this.onmessage?.({ data: typeof frame === "string" ? frame : JSON.stringify(frame) }); }
+  serverClose() { this.onclose?.({ code: 1006 }); }
+  fail() { this.onerror?.({}); }
+}
+
+function setup(options = {}) {
+  FakeWebSocket.instances = [];
+  const timers = new FakeTimers();
+  const warnings = [];
+  const conn = new StreamConnection({
+    url: "ws://example.test/ws/turbo/",
+    WebSocket: FakeWebSocket,
+    setTimeout: timers.setTimeout,
+    clearTimeout: timers.clearTimeout,
+    random: () => 0.5, // jitter factor 1.0 -> exact delays
+    logger: { warn: (...a) => warnings.push(a), error: (...a) => warnings.push(a) },
+    ...options,
+  });
+  const sockets = FakeWebSocket.instances;
+  const last = () => sockets[sockets.length - 1];
+  return { conn, timers, sockets, last, warnings };
+}
+
+function listener() {
+  const events = [];
+  return {
+    events,
+    onMessage: (html) => events.push(["message", html]),
+    onSubscribed: () => events.push(["subscribed"]),
+    onRejected: (reason) => events.push(["rejected", reason]),
+    onDisconnected: () => events.push(["disconnected"]),
+  };
+}
+
+const sub = (stream) => ({ type: "subscribe", stream });
+const unsub = (stream) => ({ type: "unsubscribe", stream });
+
+test("no socket until the first registration; subscribes queued while connecting are sent on open", () => {
+  const { conn, sockets, last } = setup();
+  assert.equal(sockets.length, 0);
+  conn.register("a", listener());
+  conn.register("b", listener());
+  assert.equal(sockets.length, 1);
+  assert.equal(last().url, "ws://example.test/ws/turbo/");
+  assert.deepEqual(last().sent, []);
+  last().open();
+  assert.deepEqual(last().sent, [sub("a"), sub("b")]);
+  conn.register("c", listener());
+  assert.deepEqual(last().sent, [sub("a"), sub("b"), sub("c")]);
+  assert.equal(sockets.length, 1);
+});
+
+test("reference counting: one subscribe per name, unsubscribe only after the last listener leaves", () => {
+  const { conn, timers, last } = setup();
+  const l1 = listener();
+  const l2 = listener();
+  conn.register("a", l1);
+  last().open();
+  conn.register("a", l2);
+  conn.register("keep", listener());
+  assert.deepEqual(last().sent, [sub("a"), sub("keep")]);
+  conn.unregister("a", l1);
+  timers.advance(1000);
+  assert.deepEqual(last().sent, [sub("a"), sub("keep")]);
+  conn.unregister("a", l2);
+  assert.deepEqual(last().sent, [sub("a"), sub("keep")], "unsubscribe is deferred");
+  timers.advance(0);
+  assert.deepEqual(last().sent, [sub("a"), sub("keep"), unsub("a")]);
+  assert.equal(last().closed, false, "other subscriptions keep the socket open");
+});
+
+test("a re-register before the deferred unsubscribe fires cancels it (Turbo Drive swap)", () => {
+  const { conn, timers, last } = setup();
+  const oldEl = listener();
+  const newEl = listener();
+  conn.register("a", oldEl);
+  last().open();
+  last().receive({ type: "subscribed", stream: "a" });
+  conn.unregister("a", oldEl);
+  conn.register("a", newEl);
+  timers.advance(1000);
+  assert.deepEqual(last().sent, [sub("a")]);
+  assert.equal(last().closed, false);
+  assert.deepEqual(newEl.events, [["subscribed"]], "late joiner learns the confirmed status");
+});
+
+test("last unsubscribe closes the socket on purpose; no reconnect; a new registration reopens", () => {
+  const { conn, timers, sockets, last } = setup();
+  const l = listener();
+  conn.register("a", l);
+  last().open();
+  conn.unregister("a", l);
+  timers.advance(0);
+  assert.deepEqual(last().sent, [sub("a"), unsub("a")]);
+  assert.equal(last().closed, true);
+  last().serverClose(); // handlers are detached; must not schedule a reconnect
+  assert.equal(timers.pending.size, 0);
+  timers.advance(60000);
+  assert.equal(sockets.length, 1);
+  conn.register("b", listener());
+  assert.equal(sockets.length, 2);
+  last().open();
+  assert.deepEqual(last().sent, [sub("b")]);
+});
+
+test("messages go only to listeners of that stream; unknown streams and bad frames are ignored", () => {
+  const { conn, last, warnings } = setup();
+  const a1 = listener();
+  const a2 = listener();
+  const b = listener();
+  conn.register("a", a1);
+  conn.register("a", a2);
+  conn.register("b", b);
+  last().open();
+  last().receive({ type: "message", stream: "a", html: "<turbo-stream>1</turbo-stream>" });
+  last().receive({ type: "message", stream: "zzz", html: "<turbo-stream>x</turbo-stream>" });
+  last().receive({ type: "message", stream: "a", html: 42 });
+  assert.doesNotThrow(() => last().receive("not json{"));
+  assert.doesNotThrow(() => last().receive("null"));
+  assert.doesNotThrow(() => last().receive({ type: "error", reason: "invalid JSON" }));
+  assert.doesNotThrow(() => last().onmessage({ data: new ArrayBuffer(4) }));
+  assert.deepEqual(a1.events, [["message", "<turbo-stream>1</turbo-stream>"]]);
+  assert.deepEqual(a2.events, [["message", "<turbo-stream>1</turbo-stream>"]]);
+  assert.deepEqual(b.events, []);
+  assert.equal(warnings.length, 2, "invalid JSON and the error frame are warned about");
+});
+
+test("subscribed and rejected reach the stream's listeners; a throwing listener does not stop others", () => {
+  const { conn, last } = setup();
+  const bad = { onSubscribed() { throw new Error("boom"); } };
+  const a = listener();
+  const b = listener();
+  conn.register("a", bad);
+  conn.register("a", a);
+  conn.register("b", b);
+  last().open();
+  last().receive({ type: "subscribed", stream: "a" });
+  last().receive({ type: "rejected", stream: "b", reason: "forbidden" });
+  assert.deepEqual(a.events, [["subscribed"]]);
+  assert.deepEqual(b.events, [["rejected", "forbidden"]]);
+  const lateB = listener();
+  conn.register("b", lateB);
+  assert.deepEqual(lateB.events, [["rejected", "forbidden"]]);
+});
+
+test("reconnects with growing backoff and re-subscribes every registered name", () => {
+  const { conn, timers, sockets, last } = setup();
+  const a = listener();
+  const gone = listener();
+  conn.register("a", a);
+  conn.register("b", listener());
+  conn.register("gone", gone);
+  last().open();
+  last().receive({ type: "subscribed", stream: "a" });
+  conn.unregister("gone", gone); // deferred unsubscribe still pending when the socket dies
+  last().serverClose();
+  assert.deepEqual(a.events, [["subscribed"], ["disconnected"]]);
+  assert.deepEqual(timers.delays().sort((x, y) => x - y), [0, 500]);
+
+  // Each failed attempt doubles the delay.
+  timers.advance(499);
+  assert.equal(sockets.length, 1);
+  timers.advance(1);
+  assert.equal(sockets.length, 2);
+  last().serverClose();
+  assert.deepEqual(timers.delays(), [1000]);
+  timers.advance(1000);
+  assert.equal(sockets.length, 3);
+  last().fail();
+  assert.deepEqual(timers.delays(), [2000]);
+  timers.advance(2000);
+  assert.equal(sockets.length, 4);
+
+  last().open();
+  assert.deepEqual(last().sent, [sub("a"), sub("b")]);
+  assert.equal(timers.pending.size, 0);
+});
+
+test("backoff is capped and jittered", () => {
+  const { conn, timers, last } = setup({ random: () => 0.999, maxDelay: 4000 });
+  conn.register("a", listener());
+  const seen = [];
+  for (let i = 0; i < 6; i++) {
+    last().serverClose();
+    seen.push(timers.delays()[0]);
+    timers.advance(seen[i]);
+  }
+  assert.deepEqual(seen.map(Math.round), [750, 1499, 2998, 4000, 4000, 4000]);
+
+  const low = setup({ random: () => 0 });
+  low.conn.register("a", listener());
+  low.last().serverClose();
+  assert.deepEqual(low.timers.delays(), [250]);
+});
+
+test("a successful open resets the backoff", () => {
+  const { conn, timers, last } = setup();
+  conn.register("a", listener());
+  last().serverClose();
+  timers.advance(500);
+  last().serverClose();
+  timers.advance(1000);
+  last().serverClose();
+  assert.deepEqual(timers.delays(), [2000]);
+  timers.advance(2000);
+  last().open();
+  last().serverClose();
+  assert.deepEqual(timers.delays(), [500]);
+});
+
+test("close and error for one failure schedule a single reconnect and one socket", () => {
+  const { conn, timers, sockets, last } = setup();
+  conn.register("a", listener());
+  const first = last();
+  first.open();
+  first.fail();
+  first.serverClose();
+  first.fail();
+  assert.equal(first.closed, true);
+  assert.equal(timers.pending.size, 1);
+  // Registering during backoff does not bypass the timer.
+  conn.register("b", listener());
+  assert.equal(sockets.length, 1);
+  timers.advance(500);
+  assert.equal(sockets.length, 2);
+  // Late events from the old socket are ignored.
+  first.onclose?.({});
+  first.onopen?.({});
+  assert.equal(timers.pending.size, 0);
+  last().open();
+  assert.deepEqual(last().sent, [sub("a"), sub("b")]);
+  assert.deepEqual(first.sent, [sub("a")]);
+});
+
+test("a throwing WebSocket constructor is retried with backoff", () => {
+  let fail = true;
+  class Flaky extends FakeWebSocket {
+    constructor(url) {
+      if (fail) throw new SyntaxError("bad url");
+      super(url);
+    }
+  }
+  const { conn, timers, sockets, warnings } = setup({ WebSocket: Flaky });
+  conn.register("a", listener());
+  assert.equal(sockets.length, 0);
+  assert.equal(warnings.length, 1);
+  assert.deepEqual(timers.delays(), [500]);
+  fail = false;
+  timers.advance(500);
+  assert.equal(sockets.length, 1);
+});
