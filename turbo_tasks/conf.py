@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_CLAIM_SECONDS": 60,
     # Outbox: run the relay in a thread of every Celery worker (or use turbo_tasks_relay).
     "OUTBOX_RELAY_IN_WORKER": True,
+    # Web: publish with one LPUSH of a standard Celery message when the broker is plain
+    # Redis (falls back to Celery's send_task otherwise, or when publish signals are connected).
+    "FAST_PUBLISH": True,
     # Web: how long a publish at commit may retry a broker outage before giving up.
     "PUBLISH_RETRY_POLICY": {
         "max_retries": 3,

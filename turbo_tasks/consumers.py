@@ -47,7 +47,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return await self._error("frame too large")
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested too deep
             return await self._error("invalid JSON")
         if not isinstance(frame, dict):
             return await self._error("frame must be a JSON object")

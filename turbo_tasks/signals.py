@@ -23,7 +23,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.signals import post_delete, post_save
 
-from turbo_tasks import conf, outbox
+from turbo_tasks import broker, conf, outbox
 
 logger = logging.getLogger(__name__)
 
@@ -227,24 +227,17 @@ def send_jobs(jobs: list[Job], using: str) -> bool:
     if override is not None:
         override(jobs, using)
         return True
-    from turbo_tasks.tasks import deliver, readable_args
+    from celery import current_app
 
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     size = conf.get("MAX_JOBS_PER_MESSAGE")
     queue = conf.get("QUEUE")
-    policy = conf.get("PUBLISH_RETRY_POLICY")
     durable = conf.get("PUBLISH_MODE") == "outbox"
     kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
     for start in range(0, len(jobs), size):
         chunk = jobs[start : start + size]
         try:
-            deliver.apply_async(
-                (chunk,),
-                kwargs,
-                queue=queue,
-                retry=True,
-                retry_policy=policy,
-                **readable_args(chunk, kwargs),
-            )
+            broker.publish(app, chunk, kwargs, queue)
         except Exception:
             # The write has committed; breaking the caller now would not undo it.
             logger.exception(

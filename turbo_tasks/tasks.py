@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import random
 from typing import Any
 
@@ -14,6 +13,7 @@ from celery.signals import worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
 
 from turbo_tasks import conf, delivery
+from turbo_tasks.broker import readable_args
 
 # Transient failures of the channel layer (Redis) and the database: worth a retry.
 RETRYABLE: tuple[type[Exception], ...] = (
@@ -69,16 +69,6 @@ def deliver(self: Task, jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIA
             # back instead of dropping it; if even that fails it stays unacknowledged and
             # the broker redelivers it after its visibility timeout.
             raise Reject(exc, requeue=True) from rejected
-
-
-def readable_args(jobs: list[dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, str]:
-    """Message options that show the arguments whole, as JSON, in Flower: a re-run through
-    Flower's API (or ``turbo_tasks_rerun``) needs them complete, and Celery's default repr
-    is cut at 1024 characters."""
-    return {
-        "argsrepr": json.dumps([jobs], separators=(",", ":")),
-        "kwargsrepr": json.dumps(kwargs, separators=(",", ":")),
-    }
 
 
 def backoff(retries: int) -> float:

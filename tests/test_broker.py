@@ -1,0 +1,81 @@
+"""The lean publish path writes the same Celery message Celery itself would."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from celery import Celery
+from celery.signals import before_task_publish
+from django.test import override_settings
+
+from tests.conftest import celery_app
+from turbo_tasks import broker
+
+JOBS = [{"action": "save", "model": "testapp.message", "pk": 5, "created": True}]
+
+
+def raw_messages(redis_client, queue):
+    return [json.loads(raw) for raw in reversed(redis_client.lrange(queue, 0, -1))]
+
+
+def test_fast_message_matches_celerys_own(redis_client):
+    queue = "compare-publish"
+    redis_client.delete(queue)
+    with override_settings(TURBO_TASKS={"FAST_PUBLISH": False}):
+        broker.publish(celery_app, JOBS, {"using": "other"}, queue)
+    broker.publish(celery_app, JOBS, {"using": "other"}, queue)
+    slow, fast = raw_messages(redis_client, queue)
+    redis_client.delete(queue)
+
+    assert broker._fast_publisher(celery_app) is not None
+    assert fast.keys() == slow.keys()
+    assert fast["headers"].keys() == slow["headers"].keys()
+    for key in ("lang", "task", "retries", "argsrepr", "kwargsrepr", "ignore_result"):
+        assert fast["headers"][key] == slow["headers"][key]
+    assert fast["headers"]["root_id"] == fast["headers"]["id"]
+    # Celery also copies argsrepr/kwargsrepr into the properties; workers ignore them.
+    assert set(slow["properties"]) - set(fast["properties"]) == {"argsrepr", "kwargsrepr"}
+    assert fast["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
+    decode = lambda m: json.loads(base64.b64decode(m["body"]))  # noqa: E731
+    assert decode(fast) == decode(slow) == [[JOBS], {"using": "other"}, broker._EMBED]
+
+
+def test_publish_signals_in_use_fall_back_to_celery(redis_client):
+    seen = []
+
+    def receiver(sender=None, headers=None, **kwargs):
+        seen.append(headers["task"])
+
+    before_task_publish.connect(receiver)
+    try:
+        assert broker._fast_publisher(celery_app) is None
+        broker.publish(celery_app, JOBS, {}, "signal-fallback")
+    finally:
+        before_task_publish.disconnect(receiver)
+        redis_client.delete("signal-fallback")
+    assert seen == ["turbo_tasks.deliver"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"broker_url": "amqp://guest@localhost//"},
+        {"broker_url": "rediss://localhost:6379/0"},
+        {"broker_url": "redis://localhost:6379/0", "task_serializer": "pickle"},
+        {
+            "broker_url": "redis://localhost:6379/0",
+            "broker_transport_options": {"global_keyprefix": "x:"},
+        },
+    ],
+)
+def test_other_brokers_and_options_use_celery(config):
+    app = Celery("other", set_as_current=False)
+    app.conf.update(config)
+    assert broker._make_publisher(app) is None
+
+
+def test_plain_redis_broker_uses_the_fast_path():
+    app = Celery("plain", set_as_current=False, broker="redis://localhost:6379/3")
+    assert isinstance(broker._make_publisher(app), broker.RedisPublisher)

@@ -1,0 +1,528 @@
+"""The websocket consumer: subscribe, reject, forward, unsubscribe, malformed frames and
+limits in process on the in-memory layer; cross-process delivery and the Origin check
+through the real ASGI server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from unittest import mock
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+from django.core import signing
+from django.test import override_settings
+from websockets.exceptions import InvalidStatus
+
+from tests.testapp.models import Room
+from tests.testapp.streams import NotificationStream
+from turbo_tasks import conf
+from turbo_tasks.consumers import TurboStreamsConsumer
+from turbo_tasks.streams import Stream, registry
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 5
+HTML = '<turbo-stream action="append" target="messages"><template>hi</template></turbo-stream>'
+BAD_TYPE = "type must be 'subscribe' or 'unsubscribe'"
+BAD_STREAM = "stream must be a signed stream name (a string)"
+NOT_OBJECT = "frame must be a JSON object"
+
+
+def sign(payload, *, salt=None, at=None):
+    """Sign ``payload`` as Stream.signed_name does; ``at`` fakes the signing time."""
+    salt = conf.get("SIGNING_SALT") if salt is None else salt
+    with mock.patch("django.core.signing.time.time", return_value=at or time.time()):
+        return signing.dumps(payload, salt=salt, compress=True)
+
+
+def subscribed(name):
+    return {"type": "subscribed", "stream": name}
+
+
+def rejected(name, reason):
+    return {"type": "rejected", "stream": name, "reason": reason}
+
+
+def message(name, html=HTML):
+    return {"type": "message", "stream": name, "html": html}
+
+
+def error(reason):
+    return {"type": "error", "reason": reason}
+
+
+def event(stream, html=HTML):
+    return {"type": "turbo.message", "group": stream.group_name, "html": html}
+
+
+async def push(stream, html=HTML):
+    """Send a frame to ``stream``'s group, as a worker does."""
+    await get_channel_layer().group_send(stream.group_name, event(stream, html))
+
+
+@asynccontextmanager
+async def connect(user=None):
+    ws = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/turbo/")
+    ws.scope["user"] = user or AnonymousUser()
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    assert connected
+    try:
+        yield ws
+    finally:
+        await ws.disconnect(timeout=TIMEOUT)
+
+
+async def send(ws, kind, name):
+    await ws.send_json_to({"type": kind, "stream": name})
+
+
+async def receive(ws):
+    return await ws.receive_json_from(timeout=TIMEOUT)
+
+
+async def subscribe(ws, name):
+    await send(ws, "subscribe", name)
+    return await receive(ws)
+
+
+async def assert_subscribes(ws, name):
+    """``name`` is read once: signed_name embeds the current second."""
+    assert await subscribe(ws, name) == subscribed(name)
+
+
+async def nothing(ws):
+    return await ws.receive_nothing(timeout=0.2)
+
+
+class ExplodingStream(Stream):
+    def user_passes_test(self, user):
+        raise RuntimeError("boom")
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(request):
+    """In-process (asyncio) tests get a fresh in-memory layer; the real-server tests keep
+    tests.settings' Redis layer, which the uvicorn process shares."""
+    if request.node.get_closest_marker("asyncio") is None:
+        yield
+        return
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    ):
+        yield
+
+
+@pytest.fixture
+def rooms():
+    return [Room.objects.create(name=f"room {i}") for i in range(3)]
+
+
+@pytest.fixture
+def room(rooms):
+    return rooms[0]
+
+
+@pytest.fixture
+def alice():
+    return User.objects.create_user("alice")
+
+
+@pytest.fixture(params=["anonymous", "bob"])
+def outsider(request):
+    return None if request.param == "anonymous" else User.objects.create_user("bob")
+
+
+@pytest.fixture
+def private_room(alice):
+    room = Room.objects.create(name="secret", private=True)
+    room.members.add(alice)
+    return room
+
+
+@pytest.fixture
+def exploding_stream():
+    registry.register(ExplodingStream, "testapp")
+    yield ExplodingStream()
+    del registry._by_name["testapp.ExplodingStream"]
+    del registry._names[ExplodingStream]
+
+
+# -- subscribe and forward -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_subscribe_valid_name_is_echoed_and_its_frames_forwarded(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        await assert_subscribes(ws, name)
+        await push(room.stream)
+        assert await receive(ws) == message(name)
+        assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+async def test_message_each_subscription_gets_its_own_frames(rooms):
+    a, b = rooms[0].stream, rooms[1].stream
+    async with connect() as ws:
+        await subscribe(ws, name_a := a.signed_name)
+        await subscribe(ws, name_b := b.signed_name)
+        await push(a, "for a")
+        await push(b, "for b")
+        assert await receive(ws) == message(name_a, "for a")
+        assert await receive(ws) == message(name_b, "for b")
+
+
+@pytest.mark.asyncio
+async def test_message_for_another_stream_never_arrives(rooms):
+    a, b = rooms[0].stream, rooms[1].stream
+    async with connect() as on_a, connect() as on_b:
+        await subscribe(on_a, name_a := a.signed_name)
+        await subscribe(on_b, b.signed_name)
+        await push(a, "for a")
+        assert await receive(on_a) == message(name_a, "for a")
+        assert await nothing(on_b)
+
+
+# -- rejected names ------------------------------------------------------------------------
+
+
+def tampered(stream):
+    head, signature = stream.signed_name.rsplit(":", 1)
+    return f"{head}:{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
+
+
+def truncated(stream):
+    return stream.signed_name[:-5]
+
+
+def other_salt(stream):
+    return sign([stream.stream_name(), stream.ref()["args"]], salt="other")
+
+
+def other_secret_key(stream):
+    with override_settings(SECRET_KEY="another-secret-key"):
+        return stream.signed_name
+
+
+def unsigned(stream):
+    return stream.stream_name()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("forge", [tampered, truncated, other_salt, other_secret_key, unsigned])
+async def test_subscribe_bad_signature_is_rejected(room, forge):
+    name = forge(room.stream)
+    async with connect() as ws:
+        assert await subscribe(ws, name) == rejected(name, "invalid_signature")
+        await push(room.stream)
+        assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"stream": "testapp.RoomStream", "args": [1]},
+        "testapp.RoomStream",
+        ["testapp.RoomStream"],
+        ["testapp.RoomStream", 1],
+        [1, [1]],
+        ["testapp.RoomStream", [1], ["not", "kwargs"]],
+    ],
+)
+async def test_subscribe_signed_payload_of_wrong_shape_is_rejected(payload):
+    name = sign(payload)
+    async with connect() as ws:
+        assert await subscribe(ws, name) == rejected(name, "invalid_signature")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ["testapp.Nope", [1]],
+        ["testapp.RoomStream", ["abc"]],
+        ["testapp.RoomStream", [1, 2]],
+        ["testapp.RoomStream", [1], {"extra": 1}],
+        ["testapp.NotificationStream", [], {"nope": 1}],
+    ],
+)
+async def test_subscribe_unknown_stream_or_arguments_is_rejected_and_socket_stays_usable(
+    room, payload
+):
+    name = sign(payload)
+    async with connect() as ws:
+        assert await subscribe(ws, name) == rejected(name, "unknown_stream")
+        await assert_subscribes(ws, room.stream.signed_name)
+
+
+@pytest.mark.asyncio
+async def test_subscribe_missing_row_is_forbidden():
+    name = sign(["testapp.RoomStream", [999_999]])
+    async with connect() as ws:
+        assert await subscribe(ws, name) == rejected(name, "forbidden")
+
+
+@pytest.mark.asyncio
+async def test_subscribe_expired_name_is_rejected(room):
+    name = sign(["testapp.RoomStream", [room.pk]], at=time.time() - 10)
+    async with connect() as ws:
+        with override_settings(TURBO_TASKS={"SIGNED_NAME_MAX_AGE": 1}):
+            assert await subscribe(ws, name) == rejected(name, "expired")
+
+
+@pytest.mark.asyncio
+async def test_subscribe_name_within_max_age_is_subscribed(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        with override_settings(TURBO_TASKS={"SIGNED_NAME_MAX_AGE": 60}):
+            await assert_subscribes(ws, name)
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+def private_room_stream(private_room, alice):
+    return private_room.stream
+
+
+def alices_notifications(private_room, alice):
+    return NotificationStream(alice.pk)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stream_of", [private_room_stream, alices_notifications])
+async def test_permission_others_are_forbidden(private_room, alice, outsider, stream_of):
+    stream = stream_of(private_room, alice)
+    name = stream.signed_name
+    async with connect(outsider) as ws:
+        assert await subscribe(ws, name) == rejected(name, "forbidden")
+        await push(stream)
+        assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stream_of", [private_room_stream, alices_notifications])
+async def test_permission_allowed_user_is_subscribed(private_room, alice, stream_of):
+    name = stream_of(private_room, alice).signed_name
+    async with connect(alice) as ws:
+        await assert_subscribes(ws, name)
+
+
+@pytest.mark.asyncio
+async def test_user_passes_test_that_raises_is_forbidden_and_logged(exploding_stream, room, caplog):
+    name = exploding_stream.signed_name
+    async with connect() as ws:
+        with caplog.at_level(logging.ERROR, logger="turbo_tasks"):
+            assert await subscribe(ws, name) == rejected(name, "forbidden")
+        await assert_subscribes(ws, room.stream.signed_name)
+    assert [r.getMessage() for r in caplog.records] == [
+        "turbo_tasks: <ExplodingStream()>.user_passes_test raised; refusing"
+    ]
+
+
+# -- malformed frames ----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not json", "invalid JSON"),
+        ("", "invalid JSON"),
+        ("{'type': 'subscribe'}", "invalid JSON"),
+        ("[]", NOT_OBJECT),
+        ('"subscribe"', NOT_OBJECT),
+        ("42", NOT_OBJECT),
+        ("null", NOT_OBJECT),
+        ('{"type": "publish", "stream": "x"}', BAD_TYPE),
+        ('{"stream": "x"}', BAD_TYPE),
+        ('{"type": ["subscribe"], "stream": "x"}', BAD_TYPE),
+        ('{"type": "subscribe"}', BAD_STREAM),
+        ('{"type": "subscribe", "stream": 42}', BAD_STREAM),
+        ('{"type": "subscribe", "stream": ""}', BAD_STREAM),
+        ('{"type": "subscribe", "stream": ["x"]}', BAD_STREAM),
+        ('{"type": "unsubscribe", "stream": null}', BAD_STREAM),
+    ],
+)
+async def test_malformed_frame_is_an_error_and_socket_stays_usable(room, text, reason):
+    async with connect() as ws:
+        # send_to() refuses an empty text frame; a browser can send one.
+        await ws.send_input({"type": "websocket.receive", "text": text})
+        assert await receive(ws) == error(reason)
+        await assert_subscribes(ws, room.stream.signed_name)
+
+
+@pytest.mark.asyncio
+async def test_binary_frame_is_an_error_and_socket_stays_usable(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        await ws.send_to(bytes_data=json.dumps({"type": "subscribe", "stream": name}).encode())
+        assert await receive(ws) == error("binary frames are not supported")
+        await assert_subscribes(ws, name)
+
+
+@pytest.mark.asyncio
+async def test_frame_larger_than_max_frame_size_is_an_error(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        with override_settings(TURBO_TASKS={"MAX_FRAME_SIZE": 100}):
+            await ws.send_to(text_data=json.dumps({"type": "subscribe", "stream": "x" * 80}))
+            frame = await receive(ws)
+        assert frame == error("frame too large")
+        await assert_subscribes(ws, name)
+
+
+@pytest.mark.asyncio
+async def test_frame_of_exactly_max_frame_size_is_parsed():
+    text = json.dumps({"type": "publish", "pad": ""})
+    text = json.dumps({"type": "publish", "pad": "x" * (100 - len(text))})
+    assert len(text) == 100
+    async with connect() as ws:
+        with override_settings(TURBO_TASKS={"MAX_FRAME_SIZE": 100}):
+            await ws.send_to(text_data=text)
+            assert await receive(ws) == error(BAD_TYPE)
+
+
+@pytest.mark.asyncio
+async def test_deeply_nested_json_is_an_error_and_socket_stays_usable(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        await ws.send_to(text_data="[" * 5000)
+        assert await receive(ws) == error("invalid JSON")
+        await assert_subscribes(ws, name)
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_subscription_cap_rejects_a_third_stream(rooms):
+    a, b, c = (r.stream.signed_name for r in rooms)
+    async with connect() as ws:
+        with override_settings(TURBO_TASKS={"MAX_SUBSCRIPTIONS_PER_SOCKET": 2}):
+            await assert_subscribes(ws, a)
+            await assert_subscribes(ws, b)
+            assert await subscribe(ws, c) == rejected(c, "too_many_subscriptions")
+            await assert_subscribes(ws, a)
+            await push(rooms[2].stream)
+            assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+async def test_subscription_cap_frees_a_slot_on_unsubscribe(rooms):
+    a, b, c = (r.stream.signed_name for r in rooms)
+    async with connect() as ws:
+        with override_settings(TURBO_TASKS={"MAX_SUBSCRIPTIONS_PER_SOCKET": 2}):
+            await subscribe(ws, a)
+            await subscribe(ws, b)
+            await send(ws, "unsubscribe", a)
+            await assert_subscribes(ws, c)
+
+
+# -- unsubscribe and disconnect ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_unsubscribe_stops_messages(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        await subscribe(ws, name)
+        await send(ws, "unsubscribe", name)
+        assert await nothing(ws)  # no reply to unsubscribe
+        await push(room.stream)
+        assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+async def test_unsubscribe_never_subscribed_is_harmless(rooms):
+    a, b = rooms[0].stream.signed_name, rooms[1].stream.signed_name
+    async with connect() as ws:
+        await subscribe(ws, a)
+        await send(ws, "unsubscribe", b)
+        await send(ws, "unsubscribe", "not-a-signed-name")
+        assert await nothing(ws)
+        await push(rooms[0].stream)
+        assert await receive(ws) == message(a)
+
+
+@pytest.mark.asyncio
+async def test_same_name_twice_gives_one_frame_per_message(room):
+    name = room.stream.signed_name
+    async with connect() as ws:
+        await assert_subscribes(ws, name)
+        await assert_subscribes(ws, name)
+        await push(room.stream)
+        assert await receive(ws) == message(name)
+        assert await nothing(ws)
+        await send(ws, "unsubscribe", name)
+        await push(room.stream)
+        assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+async def test_two_names_for_one_stream_each_get_the_frame_until_unsubscribed(room):
+    old = sign(["testapp.RoomStream", [room.pk]], at=time.time() - 5)
+    new = room.stream.signed_name
+    assert old != new
+    async with connect() as ws:
+        await assert_subscribes(ws, old)
+        await assert_subscribes(ws, new)
+        await push(room.stream)
+        frames = [await receive(ws) for _ in range(2)]
+        assert frames == [message(name) for name in sorted([old, new])]
+        await send(ws, "unsubscribe", old)
+        await push(room.stream)
+        assert await receive(ws) == message(new)
+        assert await nothing(ws)
+
+
+@pytest.mark.asyncio
+async def test_disconnect_discards_the_groups(rooms):
+    a, b = rooms[0].stream, rooms[1].stream
+    layer = get_channel_layer()
+    async with connect() as ws:
+        await subscribe(ws, a.signed_name)
+        await subscribe(ws, b.signed_name)
+        assert {a.group_name, b.group_name} <= set(layer.groups)
+    assert a.group_name not in layer.groups
+    assert b.group_name not in layer.groups
+    await push(a)
+
+
+# -- through the real ASGI server ----------------------------------------------------------
+
+
+def test_real_server_frames_reach_only_sockets_subscribed_to_that_stream(ws_client, rooms):
+    a, b = rooms[0].stream, rooms[1].stream
+    name_a, name_b = a.signed_name, b.signed_name
+    on_a, on_b = ws_client(), ws_client()
+    assert on_a.subscribe(name_a) == subscribed(name_a)
+    assert on_b.subscribe(name_b) == subscribed(name_b)
+    send_to_group = async_to_sync(get_channel_layer().group_send)
+    # Each socket's frames arrive in send order, so a stray frame would come first.
+    send_to_group(b.group_name, event(b, "b1"))
+    send_to_group(a.group_name, event(a, "a1"))
+    send_to_group(b.group_name, event(b, "b2"))
+    assert on_a.next(timeout=TIMEOUT) == message(name_a, "a1")
+    assert on_b.next(timeout=TIMEOUT) == message(name_b, "b1")
+    assert on_b.next(timeout=TIMEOUT) == message(name_b, "b2")
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1.evil.example", None])
+def test_real_server_refuses_cross_site_origin(ws_client, origin):
+    with pytest.raises(InvalidStatus) as refused:
+        ws_client(origin=origin)
+    assert refused.value.response.status_code == 403
+
+
+def test_real_server_accepts_own_origin(ws_client, room):
+    name = room.stream.signed_name
+    client = ws_client(origin="http://127.0.0.1")
+    assert client.subscribe(name) == subscribed(name)
