@@ -4,6 +4,7 @@ through the real ASGI server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -494,6 +495,23 @@ async def test_disconnect_discards_the_groups(rooms):
     assert a.group_name not in layer.groups
     assert b.group_name not in layer.groups
     await push(a)
+
+
+@pytest.mark.asyncio
+async def test_group_membership_is_refreshed_before_the_layer_forgets_it(room):
+    stream, layer = room.stream, get_channel_layer()
+    with override_settings(TURBO_TASKS={"GROUP_REFRESH_SECONDS": 0.05}):
+        async with connect() as ws:
+            await assert_subscribes(ws, stream.signed_name)
+            [channel] = layer.groups[stream.group_name]
+            # What channels_redis does to members older than its group_expiry:
+            await layer.group_discard(stream.group_name, channel)
+            for _ in range(100):
+                if channel in layer.groups.get(stream.group_name, {}):
+                    break
+                await asyncio.sleep(0.05)
+            await push(stream)
+            assert (await receive(ws))["type"] == "message"
 
 
 # -- through the real ASGI server ----------------------------------------------------------

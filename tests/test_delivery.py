@@ -115,6 +115,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
     ("jobs", "error"),
     [
         ("not a list", "jobs must be a list"),
+        ([{}] * 100_001, "100001 jobs in one task; at most 100000"),
         ([42], "job 0: must be an object"),
         ([{"action": "explode"}], "job 0: 'action' must be save, delete or broadcast"),
         (

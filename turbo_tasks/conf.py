@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_JOBS_PER_MESSAGE": 1000,
     # Subscriptions one websocket may hold at once.
     "MAX_SUBSCRIPTIONS_PER_SOCKET": 100,
+    # Seconds between re-adding a socket to its groups (channels_redis drops members
+    # after its group_expiry, 86400 s by default); keep it well below that.
+    "GROUP_REFRESH_SECONDS": 3600,
     # Largest client frame (characters) the consumer will parse.
     "MAX_FRAME_SIZE": 16384,
     # Worker: retries of a delivery that hit a Redis or database outage, and their backoff

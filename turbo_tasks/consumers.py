@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -32,9 +33,22 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         # group -> the signed names this socket subscribed to it with
         self.subscriptions: dict[str, set[str]] = {}
+        self._refresher = asyncio.create_task(self._refresh_groups())
         await super().connect()
 
+    async def _refresh_groups(self) -> None:
+        # channels_redis forgets group members after group_expiry (a day by default)
+        # without a word; a page left open that long would silently stop updating.
+        while True:
+            await asyncio.sleep(conf.get("GROUP_REFRESH_SECONDS"))
+            try:
+                for group in list(self.subscriptions):
+                    await self.channel_layer.group_add(group, self.channel_name)
+            except Exception:
+                logger.exception("turbo_tasks: could not refresh group memberships")
+
     async def disconnect(self, code: int) -> None:
+        self._refresher.cancel()
         if self.channel_layer is not None:
             for group in self.subscriptions:
                 await self.channel_layer.group_discard(group, self.channel_name)

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 Job = dict[str, Any]
 
 
+# Far above what a publisher sends (MAX_JOBS_PER_MESSAGE); a bound for hand-edited args.
+MAX_JOBS_PER_TASK = 100_000
+
+
 class InvalidJob(ValueError):
     """A job payload that can never succeed (e.g. edited by hand); not worth retrying."""
 
@@ -117,6 +121,8 @@ def _plan(jobs: list[Any]) -> list[_RowStep | Job]:
     """
     if not isinstance(jobs, list):
         raise InvalidJob(f"jobs must be a list, not {type(jobs).__name__}")
+    if len(jobs) > MAX_JOBS_PER_TASK:
+        raise InvalidJob(f"{len(jobs)} jobs in one task; at most {MAX_JOBS_PER_TASK}")
     steps: list[_RowStep | Job] = []
     rows: dict[tuple[str, Any], _RowStep] = {}
     for index, job in enumerate(jobs):
