@@ -19,11 +19,11 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.signals import post_delete, post_save
 
 from turbo_tasks import broker, conf, outbox
+from turbo_tasks.streams import ModelStream, json_value
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ _BATCH_ATTR = "_turbo_tasks_batch"
 
 def connect_receivers(model_streams: dict[type[models.Model], type[Any]]) -> None:
     """Connect receivers for the models whose stream overrides a hook."""
-    from turbo_tasks.streams import ModelStream
-
     for model, stream_class in model_streams.items():
         label = model._meta.label_lower
         if stream_class.on_save is not ModelStream.on_save:
@@ -54,12 +52,6 @@ def connect_receivers(model_streams: dict[type[models.Model], type[Any]]) -> Non
                 weak=False,
                 dispatch_uid=f"turbo_tasks.delete.{label}",
             )
-
-
-def _pk(value: Any) -> Any:
-    if type(value) is int or type(value) is str:
-        return value
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
 def _on_post_save(
@@ -76,7 +68,7 @@ def _on_post_save(
         {
             "action": "save",
             "model": sender._meta.label_lower,
-            "pk": _pk(instance.pk),
+            "pk": json_value(instance.pk),
             "created": bool(created),
         },
         using,
@@ -94,7 +86,7 @@ def _on_post_delete(
         {
             "action": "delete",
             "model": sender._meta.label_lower,
-            "pk": _pk(instance.pk),
+            "pk": json_value(instance.pk),
             "fields": snapshot(instance),
         },
         using,
@@ -107,7 +99,7 @@ def snapshot(instance: models.Model) -> dict[str, Any]:
     for field in instance._meta.concrete_fields:
         value = field.value_from_object(instance)
         try:
-            values[field.attname] = _pk(value)
+            values[field.attname] = json_value(value)
         except TypeError:
             # bytes and other values JSON cannot hold: the field's own string form.
             values[field.attname] = field.value_to_string(instance)
@@ -157,6 +149,11 @@ class _Bucket:
         self.settled = not sids
         self.done = False
 
+    def add(self, job: Job, durable: bool) -> None:
+        self.jobs.append(job)
+        if durable:
+            self.outbox_ids.append(outbox.record(job, self.batch.using))
+
     def __call__(self) -> None:
         if not self.done:
             self.batch.flush(self)
@@ -180,15 +177,11 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
             and not bucket.done
             and all(sid in bucket.sids for sid in conn.savepoint_ids)
         ):
-            bucket.jobs.append(job)
-            if durable:
-                bucket.outbox_ids.append(outbox.record(job, using))
+            bucket.add(job, durable)
             return
     batch = _refresh(conn, batch, using)
     bucket = _Bucket(batch, frozenset(conn.savepoint_ids))
-    bucket.jobs.append(job)
-    if durable:
-        bucket.outbox_ids.append(outbox.record(job, using))
+    bucket.add(job, durable)
     batch.buckets.append(bucket)
     transaction.on_commit(bucket, using=using, robust=True)
 
