@@ -178,8 +178,9 @@ def _rebuild(model: type[models.Model], fields: dict[str, Any], using: str) -> m
 
 
 def render(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> Delivery:
-    """Run the hooks for ``jobs`` and render every frame they send. Touches no channel
-    layer. Raises InvalidJob for a malformed payload before running any hook."""
+    """Run the hooks for ``jobs`` and collect every frame they send (rendered when first
+    read, see materialize). Touches no channel layer. Raises InvalidJob for a malformed
+    payload before running any hook."""
     steps = _plan(jobs)
     rows = _reload(steps, using)
     result = Delivery()

@@ -45,7 +45,17 @@ class Broadcast:
     nobody is subscribed to.
     """
 
-    __slots__ = ("_context", "_html", "_template", "_text", "action", "stream", "target", "targets")
+    __slots__ = (
+        "_context",
+        "_html",
+        "_template",
+        "_text",
+        "action",
+        "group",
+        "stream",
+        "target",
+        "targets",
+    )
 
     def __init__(
         self,
@@ -60,6 +70,7 @@ class Broadcast:
         self.stream, self.action, self.target, self.targets = stream, action, target, targets
         self._template, self._context, self._text = template, context, text
         self._html: str | None = None
+        self.group = stream.group_name  # the Channels group it is pushed to
 
     @property
     def html(self) -> str:
@@ -74,10 +85,6 @@ class Broadcast:
             )
         return self._html
 
-    @property
-    def group(self) -> str:
-        return self.stream.group_name
-
     def __repr__(self) -> str:
         where = (
             f"target={self.target!r}" if self.target is not None else f"targets={self.targets!r}"
@@ -85,8 +92,8 @@ class Broadcast:
         return f"<Broadcast {self.action} {where} to {self.stream!r}>"
 
 
-# Set by the worker (and turbo_tasks.testing) while hooks run: actions are rendered at
-# once and collected here instead of being deferred.
+# Set by the worker (and turbo_tasks.testing) while hooks run: actions are collected here
+# (and rendered before the push) instead of being deferred.
 collector: ContextVar[list[Broadcast] | None] = ContextVar("turbo_tasks_collector", default=None)
 
 
