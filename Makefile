@@ -4,12 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint format clean demo
+.PHONY: help install test lint format clean demo bench chaos
 
 help:
 	@echo "make demo    run the example chat site: web, worker, Flower, Redis (Ctrl-C stops all)"
 	@echo "make test    run the test suite (installs what is missing)"
 	@echo "make lint    ruff and mypy"
+	@echo "make bench   side-by-side benchmarks -> bench/results/ (not part of the tests)"
+	@echo "make chaos   10,000 changes through Redis restarts and worker kills, both modes"
 	@echo "make format  apply ruff's formatting and fixes"
 
 $(STAMP): pyproject.toml
@@ -20,10 +22,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 	scripts/system-packages.sh browser
-	cd example && npm install --no-audit --no-fund --loglevel=error
+	test ! -f example/package.json || (cd example && npm install --no-audit --no-fund --loglevel=error)
 
 demo: install
 	scripts/demo.sh
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+chaos: install
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
