@@ -1,0 +1,1 @@
+"""Benchmark harness for turbo_tasks: ``make bench`` (see docs/performance.md)."""

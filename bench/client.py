@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Websocket client of the fan-out benchmarks, run as a subprocess of bench/run.py so its
+CPU work does not share a GIL with the producer.
+
+Opens ``--sockets`` websockets to the ASGI server, subscribes each to ``--stream`` (the
+turbo_tasks protocol), prints ``READY {…}`` once all are subscribed, then records when each
+socket first sees each ``<p id="m-<pk>">text</p>`` item (a frame may carry many), until every
+socket has ``--expect`` distinct items, a ``STOP`` line arrives on stdin, or ``--timeout``.
+Prints ``RESULT {…}`` and exits. Times are ``time.time()`` (same machine clock as the
+producer, which writes its own ``time.time()`` into the row text for latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import statistics
+import sys
+import threading
+import time
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+ITEM = re.compile(r'<p id="m-(\d+)">([^<]*)</p>')
+
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def open_socket(url: str, stream: str, limit: asyncio.Semaphore, errors: list[str]):
+    """Connect and subscribe; like the browser element, retry (3 times) a socket that fails."""
+    for attempt in range(4):
+        async with limit:
+            try:
+                ws = await connect(
+                    url,
+                    origin="http://127.0.0.1",
+                    open_timeout=60,
+                    ping_interval=None,  # no keepalive traffic during the measurement
+                    close_timeout=1,
+                    max_size=None,
+                    compression=None if os.environ.get("BENCH_WS_NO_COMPRESSION") else "deflate",
+                )
+                await ws.send(json.dumps({"type": "subscribe", "stream": stream}))
+                while True:
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    if reply.get("type") == "subscribed":
+                        return ws
+                    if reply.get("type") in ("rejected", "error"):
+                        raise RuntimeError(f"subscribe failed: {reply}")
+            except (OSError, ConnectionClosed, asyncio.TimeoutError, RuntimeError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                if attempt == 3:
+                    raise
+        await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def main(args: argparse.Namespace) -> dict:
+    raise_fd_limit(args.sockets * 2 + 256)
+    limit = asyncio.Semaphore(args.concurrency)
+    started = time.time()
+    errors: list[str] = []
+    sockets = await asyncio.gather(
+        *(open_socket(args.url, args.stream, limit, errors) for _ in range(args.sockets))
+    )
+    open_seconds = time.time() - started
+
+    seen: list[dict[str, float]] = [{} for _ in sockets]
+    texts: dict[str, str] = {}
+    state = {"frames": 0, "complete_sockets": 0}
+    done = asyncio.Event()
+
+    async def reader(index: int, ws) -> None:
+        mine = seen[index]
+        finished = False
+        try:
+            async for raw in ws:
+                now = time.time()
+                state["frames"] += 1
+                if '"message"' not in raw:
+                    continue
+                html = json.loads(raw).get("html", "")
+                for pk, text in ITEM.findall(html):
+                    if pk not in mine:
+                        mine[pk] = now
+                        if pk not in texts:
+                            texts[pk] = text
+                if not finished and len(mine) >= args.expect:
+                    finished = True
+                    state["complete_sockets"] += 1
+                    if state["complete_sockets"] == len(sockets):
+                        done.set()
+        except ConnectionClosed:
+            pass
+
+    readers = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(sockets)]
+
+    loop = asyncio.get_running_loop()
+
+    def stop_on_stdin() -> None:  # a daemon thread: never holds up the exit
+        for line in sys.stdin:
+            if line.strip() == "STOP":
+                break
+        loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=stop_on_stdin, daemon=True).start()
+    print(
+        "READY "
+        + json.dumps(
+            {
+                "open_seconds": open_seconds,
+                "open_errors": errors[:20],
+                "open_error_count": len(errors),
+            }
+        ),
+        flush=True,
+    )
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(done.wait(), args.timeout)
+    finished_at = time.time()
+    for task in readers:
+        task.cancel()
+
+    items = {}
+    for pk, text in texts.items():
+        times = sorted(s[pk] for s in seen if pk in s)
+        items[pk] = {
+            "text": text,
+            "n": len(times),
+            "first": times[0],
+            "last": times[-1],
+            "median": statistics.median(times),
+        }
+    await asyncio.wait([asyncio.create_task(ws.close()) for ws in sockets], timeout=5)
+    return {
+        "sockets": len(sockets),
+        "open_seconds": open_seconds,
+        "frames": state["frames"],
+        "complete": state["complete_sockets"] == len(sockets),
+        "complete_sockets": state["complete_sockets"],
+        "finished_at": finished_at,
+        "items": items,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--stream", required=True, help="signed stream name")
+    parser.add_argument("--sockets", type=int, default=1)
+    parser.add_argument("--expect", type=int, required=True, help="distinct items per socket")
+    parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--concurrency", type=int, default=50, help="handshakes at once")
+    result = asyncio.run(main(parser.parse_args()))
+    print("RESULT " + json.dumps(result), flush=True)

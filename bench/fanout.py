@@ -1,0 +1,376 @@
+# ruff: noqa: RUF001, RUF003  (×, − and – are meant: the output is Markdown)
+"""F1 (throughput), F2 (latency) and F3 (breadth): commit in this process, a real Celery
+worker renders and pushes, uvicorn serves the turbo_tasks consumer, and bench/client.py
+(a subprocess) holds the websockets and timestamps every item it receives."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+from bench.benchapp.models import Message, NaiveMessage, Room
+from bench.benchapp.templatetags.bench_tags import RENDERS_KEY
+from bench.procs import ROOT
+from bench.report import percentile, summary
+from bench.write import checkpoint
+from turbo_tasks import conf
+
+CLIENT = ROOT / "bench" / "client.py"
+
+
+class Client:
+    """One bench/client.py subprocess: subscribed on construction, result() when done."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        stream: str,
+        *,
+        sockets: int,
+        expect: int,
+        timeout: float,
+        name: str,
+    ) -> None:
+        self.timeout = timeout
+        log_path: Path = ctx.log_dir / f"client-{name}.log"
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(CLIENT),
+                    "--url",
+                    ctx.ws_url,
+                    "--stream",
+                    stream,
+                    "--sockets",
+                    str(sockets),
+                    "--expect",
+                    str(expect),
+                    "--timeout",
+                    str(timeout),
+                ],
+                cwd=ROOT,
+                env=ctx.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+            )
+        ctx.track(self.proc)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        ready = json.loads(self._line("READY", 120 + sockets * 0.1))
+        self.open_seconds = ready["open_seconds"]
+        self.open_errors = ready["open_error_count"]
+        if self.open_errors:
+            ctx.log(
+                f"  ({self.open_errors} websocket(s) failed to connect/subscribe and were "
+                f"retried, e.g. {ready['open_errors'][0]}; see logs/uvicorn.log)"
+            )
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _line(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise TimeoutError(f"websocket client sent no {prefix} within {timeout}s") from None
+            if line is None:
+                raise RuntimeError(f"websocket client exited before {prefix} (see its log)")
+            if line.startswith(prefix + " "):
+                return line[len(prefix) + 1 :]
+
+    def result(self) -> dict[str, Any]:
+        try:
+            return json.loads(self._line("RESULT", self.timeout + 30))
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("STOP\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_idle(broker: redis.Redis, timeout: float = 60) -> None:
+    """Wait until the worker has taken everything from both queues."""
+    deadline = time.monotonic() + timeout
+    while broker.llen(conf.get("QUEUE")) or broker.llen(settings.NAIVE_QUEUE):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not drain its queues")
+        time.sleep(0.05)
+
+
+def produce(model: Any, room: Room, count: int, batch: int) -> None:
+    if batch <= 1:
+        for i in range(count):
+            model.objects.create(room=room, text=str(i))
+        return
+    for start in range(0, count, batch):
+        with transaction.atomic():
+            for i in range(start, min(count, start + batch)):
+                model.objects.create(room=room, text=str(i))
+
+
+# -- F1 ----------------------------------------------------------------------------------
+
+F1_VARIANTS = {
+    "turbo_tasks": "turbo_tasks, transactions of {batch} saves",
+    "naive": "naive Celery task per save, transactions of {batch} saves",
+    "turbo_tasks_autocommit": "turbo_tasks, one save per transaction (autocommit)",
+}
+F1_MODES = {
+    "live": "producer and worker at the same time: first commit → last item received",
+    "drain": "worker's consumer paused while the producer commits everything, then "
+    "resumed: items after the first one / (last item − first item), the worker's own rate",
+}
+
+
+def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    batch = cfg["batch"]
+    plan = {
+        "turbo_tasks": (Message, cfg["changes"], batch, conf.get("QUEUE")),
+        "naive": (NaiveMessage, cfg["naive_changes"], batch, settings.NAIVE_QUEUE),
+        "turbo_tasks_autocommit": (Message, cfg["autocommit_changes"], 1, conf.get("QUEUE")),
+    }
+    keys = [(name, mode) for name in plan for mode in F1_MODES]
+    values: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in keys}
+    complete: dict[tuple[str, str], int] = dict.fromkeys(keys, 0)
+    for r in range(cfg["rounds"]):
+        for name, mode in keys:
+            model, count, size, queue_name = plan[name]
+            ctx.check_alive()
+            wait_idle(broker)
+            checkpoint()
+            room = Room.objects.create(name=f"f1-{name}-{mode}-{r}")
+            client = Client(
+                ctx,
+                room.stream.signed_name,
+                sockets=1,
+                expect=count,
+                timeout=cfg["timeout"],
+                name=f"f1-{name}-{mode}",
+            )
+            if mode == "drain":
+                ctx.pause_queue(queue_name)
+            start = time.time()
+            produce(model, room, count, size)
+            produced = time.time()
+            if mode == "drain":
+                start = time.time()
+                ctx.resume_queue(queue_name)
+            res = client.result()
+            items = res["items"]
+            delivered = len(items)
+            times = sorted(i["first"] for i in items.values()) or [res["finished_at"]]
+            end = times[-1] if res["complete"] else res["finished_at"]
+            complete[(name, mode)] += bool(res["complete"])
+            if mode == "drain":
+                # Celery takes a moment (a few hundred ms) to start consuming again after
+                # add_consumer; time the steady drain from the first item to the last.
+                first = times[0]
+                counted = sum(1 for t in times if t > first)
+                throughput = counted / (end - first) if end > first else 0.0
+                extra = {"resume_to_first_item_seconds": first - start}
+            else:
+                throughput = delivered / (end - start)
+                extra = {"producer_seconds": produced - start}
+            metrics = {
+                "throughput": throughput,
+                "seconds": end - start,
+                **extra,
+                "delivered": float(delivered),
+                "ws_frames": float(res["frames"]),
+            }
+            for key, value in metrics.items():
+                values[(name, mode)].setdefault(key, []).append(value)
+            log(
+                f"  F1 round {r + 1}/{cfg['rounds']} {name} {mode}: {delivered}/{count} in "
+                f"{end - start:.2f}s = {metrics['throughput']:,.0f}/s"
+                + (f" (producer {produced - start:.2f}s)" if mode == "live" else "")
+                + f", {res['frames']} ws frames"
+            )
+    return {
+        "unit": "changes/s delivered to a websocket",
+        "variants": {k: v.format(batch=batch) for k, v in F1_VARIANTS.items()},
+        "modes": F1_MODES,
+        "changes": {name: plan[name][1] for name in plan},
+        "config": {**cfg, "pool": ctx.pool, "worker_concurrency": 1},
+        "values": {
+            f"{name}/{mode}": {
+                **{key: summary(vals) for key, vals in values[(name, mode)].items()},
+                "runs": cfg["rounds"],
+                "complete_runs": complete[(name, mode)],
+            }
+            for name, mode in keys
+        },
+    }
+
+
+# -- F2 ----------------------------------------------------------------------------------
+
+F2_VARIANTS = {
+    "turbo_tasks": "turbo_tasks, autocommit saves",
+    "naive": "naive Celery task per save, autocommit saves",
+}
+
+
+def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    rate = cfg["rate"]
+    count = int(cfg["seconds"] * rate)
+    models = {"turbo_tasks": Message, "naive": NaiveMessage}
+    per_round: dict[str, dict[str, list[float]]] = {v: {} for v in models}
+    pooled: dict[str, list[float]] = {v: [] for v in models}
+    save_ms: dict[str, list[float]] = {v: [] for v in models}
+    lost: dict[str, int] = dict.fromkeys(models, 0)
+    for r in range(cfg["rounds"]):
+        for name, model in models.items():
+            ctx.check_alive()
+            wait_idle(broker)
+            room = Room.objects.create(name=f"f2-{name}-{r}")
+            warm = int(cfg["warmup_seconds"] * rate)
+            client = Client(
+                ctx,
+                room.stream.signed_name,
+                sockets=1,
+                expect=warm + count,
+                timeout=cfg["warmup_seconds"] + cfg["seconds"] + 30,
+                name=f"f2-{name}",
+            )
+            checkpoint()
+            time.sleep(0.2)
+            start = time.time() + 0.05
+            for i in range(warm + count):
+                delay = start + i / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                # The timestamp is taken just before the save, so the latency includes the
+                # INSERT and the commit themselves (reported as save_ms). Warm-up rows
+                # (the first warmup_seconds) are marked "w" and not counted.
+                ts = time.time()
+                model.objects.create(room=room, text=f"{ts:.6f}" if i >= warm else "w")
+                if i >= warm:
+                    save_ms[name].append((time.time() - ts) * 1e3)
+            res = client.result()
+            latencies = [
+                (i["first"] - float(i["text"])) * 1e3
+                for i in res["items"].values()
+                if i["text"] != "w"
+            ]
+            lost[name] += count - len(latencies)
+            pooled[name].extend(latencies)
+            for p in (50, 95, 99):
+                per_round[name].setdefault(f"p{p}", []).append(percentile(latencies, p))
+            per_round[name].setdefault("max", []).append(max(latencies))
+            log(
+                f"  F2 round {r + 1}/{cfg['rounds']} {name}: {len(latencies)}/{count} frames, "
+                f"p50 {percentile(latencies, 50):.2f} ms, p95 {percentile(latencies, 95):.2f} ms, "
+                f"p99 {percentile(latencies, 99):.2f} ms"
+            )
+    return {
+        "unit": "ms, time.time() before the save → frame received by the websocket client",
+        "rate": rate,
+        "variants": F2_VARIANTS,
+        "config": {**cfg, "changes_per_round": count, "pool": ctx.pool},
+        "values": {
+            name: {
+                **{key: summary(vals) for key, vals in per_round[name].items()},
+                "pooled": {
+                    "n": len(pooled[name]),
+                    "p50": percentile(pooled[name], 50),
+                    "p95": percentile(pooled[name], 95),
+                    "p99": percentile(pooled[name], 99),
+                    "max": max(pooled[name]),
+                },
+                "save_ms_p50": percentile(save_ms[name], 50),
+                "lost": lost[name],
+            }
+            for name in models
+        },
+    }
+
+
+# -- F3 ----------------------------------------------------------------------------------
+
+
+def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    actions = cfg["actions"]
+    out: dict[str, Any] = {}
+    for n in cfg["sockets"]:
+        ctx.check_alive()
+        wait_idle(broker)
+        checkpoint()
+        room = Room.objects.create(name=f"f3-{n}", counted=True)
+        client = Client(
+            ctx,
+            room.stream.signed_name,
+            sockets=n,
+            expect=actions,
+            timeout=actions * cfg["gap"] + 60,
+            name=f"f3-{n}",
+        )
+        broker.delete(RENDERS_KEY)
+        time.sleep(0.5)
+        for _i in range(actions):
+            ts = time.time()
+            Message.objects.create(room=room, text=f"{ts:.6f}")
+            time.sleep(cfg["gap"])
+        res = client.result()
+        time.sleep(0.2)
+        renders = int(broker.get(RENDERS_KEY) or 0)
+        items = res["items"].values()
+        all_ms = [(i["last"] - float(i["text"])) * 1e3 for i in items if i["n"] == n]
+        median_ms = [(i["median"] - float(i["text"])) * 1e3 for i in items]
+        complete = res["complete"] and len(all_ms) == actions
+        out[str(n)] = {
+            "all_ms": summary(all_ms),
+            "median_socket_ms": summary(median_ms),
+            "first_socket_ms": summary([(i["first"] - float(i["text"])) * 1e3 for i in items]),
+            "renders": renders,
+            "actions": actions,
+            "renders_per_action": renders / actions,
+            "complete": complete,
+            "open_seconds": client.open_seconds,
+            "open_errors_retried": client.open_errors,
+        }
+        log(
+            f"  F3 N={n}: opened in {client.open_seconds:.1f}s; all sockets in "
+            f"{', '.join(f'{v:.1f}' for v in all_ms)} ms; {renders} renders for "
+            f"{actions} actions; complete={complete}"
+        )
+    return {
+        "unit": "ms, time.time() before the save → frame at all / the median socket",
+        "config": {**cfg, "pool": ctx.pool},
+        "per_sockets": out,
+    }

@@ -1,0 +1,82 @@
+"""Django settings for the benchmarks (bench/run.py, its Celery worker and its ASGI server).
+
+bench/run.py chooses the Redis ports and the SQLite file and passes them in the environment,
+so every process of one run shares them. Both turbo_tasks and turbo-django 0.4.4 are
+installed; each drives its own models (``bench.benchapp`` and ``bench.tdapp``), so neither
+sees the other's writes.
+"""
+
+from __future__ import annotations
+
+import os
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")  # Celery broker
+CHANNEL_REDIS_URL = os.environ.get("BENCH_CHANNEL_REDIS_URL", REDIS_URL)  # channel layer
+DB_PATH = os.environ.get("BENCH_DB", "/tmp/turbo_tasks_bench.sqlite3")
+
+SECRET_KEY = "bench-secret-key-not-for-production"
+DEBUG = False  # DEBUG=True would record every query
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "turbo_tasks",
+    "turbo",  # turbo-django 0.4.4, the synchronous reference
+    "bench.benchapp",
+    "bench.tdapp",
+]
+MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "bench.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": []},
+    }
+]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": DB_PATH,
+        # WAL: the worker reads while the producer writes. The file lives on tmpfs when
+        # available (see bench/run.py), so commits measure Python, not fsync.
+        "OPTIONS": {
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        },
+    }
+}
+
+ASGI_APPLICATION = "bench.asgi.application"
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": CHANNEL_REDIS_URL, "socket_timeout": 15}]},
+    }
+}
+
+# As the README tells users to configure Celery.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "visibility_timeout": 300,
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
+NAIVE_QUEUE = "bench_naive"
+CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route", {"bench.*": {"queue": NAIVE_QUEUE}})
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+TURBO_TASKS: dict = {}  # defaults: direct publish mode, queue "turbo_tasks"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}

@@ -1,0 +1,35 @@
+"""The chat's live updates: each room page subscribes to its room's stream; a saved or
+deleted message is appended, replaced or removed there by a Celery worker."""
+
+import turbo_tasks as turbo
+
+from .models import Message, Room
+
+
+class RoomStream(turbo.ModelStream):
+    class Meta:
+        model = Room
+
+    def user_passes_test(self, user):
+        # Who may subscribe to room.stream: its members only. The signed name in the page
+        # is not a secret to rely on; this check runs on every subscribe.
+        return user.is_authenticated and self.instance.members.filter(pk=user.pk).exists()
+
+
+class MessageStream(turbo.ModelStream):
+    class Meta:
+        model = Message
+
+    def on_save(self, message, created, *args, **kwargs):
+        if created:
+            message.room.stream.append("chat/message.html", {"message": message}, id="messages")
+        else:
+            message.room.stream.replace(
+                "chat/message.html", {"message": message}, id=f"message-{message.id}"
+            )
+
+    def on_delete(self, message, *args, **kwargs):
+        message.room.stream.remove(id=f"message-{message.id}")
+
+    def user_passes_test(self, user):
+        return True  # no page subscribes to a single message

@@ -1,0 +1,355 @@
+"""The example chat site end to end: real Chromium pages, uvicorn, a Celery worker, Redis.
+
+Two members and one non-member of the room "general" open it in separate browser contexts;
+everything member A does must show up on B's page without a reload, never on C's, and B's
+page must reconnect by itself after the ASGI server restarts. Screenshots of B's page after
+each step go to artifacts/browser/.
+
+The HTTP tests at the end use the same processes to check the example's views (303 after a
+successful form, 422 with errors, 403 for other people's messages).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from celery import Celery
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import ROOT, Process, wait_for
+from tests.stack import HttpClient, example_env, free_port, manage, start_redis
+
+SCREENSHOTS = ROOT / "artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+]
+SOURCE = "turbo-channels-stream-source"
+TIMEOUT_MS = 30_000
+
+
+@dataclass
+class Stack:
+    base_url: str
+    web: Process
+    worker: Process
+
+    def room_url(self, name: str) -> str:
+        client = HttpClient(self.base_url)
+        client.login("alice")
+        rooms = client.get("/").body
+        match = re.search(r'href="(/rooms/\d+/)">' + re.escape(name) + "<", rooms)
+        assert match, f"room {name!r} not on the room list"
+        return self.base_url + match.group(1)
+
+    def restart_web(self) -> None:
+        self.web.stop()
+        self.web.start()
+        _wait_for_site(self.base_url, self.web)
+
+
+def _wait_for_site(base_url: str, web: Process) -> None:
+    client = HttpClient(base_url)
+    try:
+        wait_for(lambda: client.answers("/accounts/login/"), 60, "the example site")
+    except AssertionError:
+        raise AssertionError("example site did not start:\n" + web.log()) from None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    redis_server, redis_url = start_redis("example-redis")
+    processes = [redis_server]
+    try:
+        env = example_env(tmp_path_factory.mktemp("example") / "db.sqlite3", redis_url)
+        manage(env, "migrate", "--noinput", "-v", "0")
+        manage(env, "seed_demo")
+        worker = Process(
+            "example-worker",
+            [
+                *(sys.executable, "-m", "celery", "-A", "worker", "worker"),
+                *("-Q", "turbo_tasks", "--pool", "solo", "-l", "info"),
+                *("--without-mingle", "--without-gossip", "-n", f"example-{free_port()}@%h"),
+            ],
+            env,
+        )
+        processes.append(worker)
+        probe = Celery("probe", broker=redis_url, set_as_current=False)
+        try:
+            wait_for(
+                lambda: worker.proc.poll() is None and probe.control.ping(timeout=0.5),
+                60,
+                "the example's Celery worker",
+            )
+        except AssertionError:
+            raise AssertionError("worker did not start:\n" + worker.log()) from None
+        finally:
+            probe.close()
+        port = free_port()
+        web = Process(
+            "example-web",
+            [
+                *(sys.executable, "-m", "uvicorn", "example.asgi:application"),
+                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+                # As in the Procfile: a socket's channel-layer receive can keep a graceful
+                # shutdown waiting forever (see docs/example.md).
+                *("--timeout-graceful-shutdown", "5"),
+            ],
+            env,
+        )
+        processes.append(web)
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_for_site(base_url, web)
+        yield Stack(base_url, web, worker)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+# -- the browser ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class User:
+    """One person in a browser context of their own, with every dialog recorded."""
+
+    def __init__(self, browser, base_url: str, username: str) -> None:  # type: ignore[no-untyped-def]
+        self.username = username
+        self.context = browser.new_context(
+            base_url=base_url, viewport={"width": 900, "height": 700}
+        )
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.dialogs: list[str] = []
+        self.page.on(
+            "dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss())
+        )
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def log_in(self) -> None:
+        self.page.goto("/accounts/login/")
+        self.page.fill("#id_username", self.username)
+        self.page.fill("#id_password", "turbo-demo")
+        self.page.click("button[type=submit]")
+        self.page.wait_for_selector("#current-user")
+        assert self.page.locator("#current-user").inner_text() == self.username
+        assert "/accounts/" not in self.page.url
+
+    def wait_subscribed(self) -> None:
+        self.page.wait_for_selector(f"{SOURCE}[connected]", state="attached")
+
+    def post(self, text: str) -> None:
+        self.page.fill("#new-message textarea", text)
+        self.page.click("#new-message button[type=submit]")
+        # Turbo followed the 303 and rendered the room page again, with an empty form.
+        expect(self.page.locator("#new-message textarea")).to_have_value("")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _screenshot(user: User, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    user.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _message(user: User, text: str):  # type: ignore[no-untyped-def]
+    return user.page.locator("#messages > .message").filter(
+        has=user.page.locator(".text", has_text=text)
+    )
+
+
+@pytest.mark.browser
+def test_live_chat_between_members_and_not_to_others(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    expect.set_options(timeout=TIMEOUT_MS)
+    room = stack.room_url("general")
+    alice, bob, carol = (User(browser, stack.base_url, name) for name in ("alice", "bob", "carol"))
+    try:
+        # 1. Both members open the room; the server confirms their subscriptions. Carol (not
+        #    a member) opens the same room: her page asks too, and the server refuses.
+        for member in (alice, bob):
+            member.log_in()
+            member.page.goto(room)
+            member.wait_subscribed()
+        carol.log_in()
+        response = carol.page.goto(room)
+        assert response is not None
+        assert response.status == 403
+        carol.page.wait_for_selector(f'{SOURCE}[data-rejected="forbidden"]', state="attached")
+        assert carol.page.locator(f"{SOURCE}[connected]").count() == 0
+        # A full reload would lose window.__marker; a Turbo visit would replace <body>.
+        bob.page.evaluate("window.__marker = 1; document.body.dataset.marker = '1'")
+        bob_url = bob.page.url
+        seeded = bob.page.locator("#messages > .message").count()
+        _screenshot(bob, "01-subscribed")
+
+        def bob_stayed() -> None:
+            assert bob.page.evaluate("window.__marker") == 1
+            assert bob.page.evaluate("document.body.dataset.marker") == "1"
+            assert bob.page.url == bob_url
+
+        def carol_saw_nothing() -> None:
+            assert carol.page.locator("#messages > *").count() == 0
+
+        # 2. Alice posts: the message appears on Bob's page, escaped, without a reload.
+        text = """<script>alert(1)</script> "double" & 'single' <b>bold</b>"""
+        alice.post(text)
+        posted = _message(bob, "alert(1)")
+        expect(posted).to_have_count(1)
+        expect(posted.locator(".text")).to_have_text(text)
+        expect(posted.locator(".author")).to_have_text("alice")
+        assert bob.page.locator("#messages script, #messages b").count() == 0
+        message_id = posted.get_attribute("id")
+        assert message_id is not None
+        assert re.fullmatch(r"message-\d+", message_id)
+        assert bob.page.locator("#messages > .message").count() == seeded + 1
+        # Alice's own page shows it once: the redirect's render and the frame de-duplicate.
+        expect(alice.page.locator(f"#{message_id}")).to_have_count(1)
+        bob_stayed()
+        carol_saw_nothing()
+        _screenshot(bob, "02-posted")
+
+        # 3. Alice edits it: Bob sees the new text in the same place.
+        order = bob.page.eval_on_selector_all("#messages > .message", "els => els.map(e => e.id)")
+        alice.page.locator(f"#{message_id} .message-actions a", has_text="Edit").click()
+        alice.page.fill("#edit-message textarea", "edited by alice")
+        alice.page.click("#edit-message button[type=submit]")
+        expect(bob.page.locator(f"#{message_id} .text")).to_have_text("edited by alice")
+        assert (
+            bob.page.eval_on_selector_all("#messages > .message", "els => els.map(e => e.id)")
+            == order
+        )
+        bob_stayed()
+        carol_saw_nothing()
+        _screenshot(bob, "03-edited")
+
+        # 4. Alice deletes it: it disappears from Bob's page.
+        alice.page.locator(f"#{message_id} .message-actions a", has_text="Delete").click()
+        alice.page.click("#delete-message button[type=submit]")
+        expect(bob.page.locator(f"#{message_id}")).to_have_count(0)
+        assert bob.page.locator("#messages > .message").count() == seeded
+        bob_stayed()
+        carol_saw_nothing()
+        _screenshot(bob, "04-deleted")
+
+        # 5. Carol got none of it, and her page says why.
+        assert carol.page.locator(f'{SOURCE}[data-rejected="forbidden"]').count() == 1
+        expect(carol.page.locator(".live")).to_be_visible()
+        _screenshot(carol, "05-non-member-carol")
+        _screenshot(bob, "05-non-member")
+
+        # 6. The ASGI server restarts: Bob's page reconnects by itself and gets what follows.
+        stack.web.stop()
+        bob.page.wait_for_selector(f"{SOURCE}:not([connected])", state="attached")
+        stack.restart_web()
+        bob.wait_subscribed()
+        alice.wait_subscribed()
+        alice.post("after the restart")
+        expect(_message(bob, "after the restart")).to_have_count(1)
+        bob_stayed()
+        carol_saw_nothing()
+        _screenshot(bob, "06-reconnected")
+
+        for user in (alice, bob, carol):
+            assert user.dialogs == [], f"{user.username} saw a dialog: {user.dialogs}"
+            assert user.errors == [], f"{user.username}'s page raised: {user.errors}"
+    finally:
+        for user in (alice, bob, carol):
+            user.close()
+
+
+# -- the views over plain HTTP --------------------------------------------------------------
+
+
+def _room_path(stack: Stack, name: str) -> str:
+    return stack.room_url(name).removeprefix(stack.base_url)
+
+
+def test_posting_redirects_with_303(stack: Stack) -> None:
+    client = HttpClient(stack.base_url)
+    client.login("bob")
+    room = _room_path(stack, "general")
+    response = client.post_form(room + "messages/", {"text": "hello over http"}, room)
+    assert response.status == 303
+    assert response.headers["Location"] == room
+    assert "hello over http" in client.get(room).body
+
+
+def test_invalid_message_is_rerendered_with_422(stack: Stack) -> None:
+    client = HttpClient(stack.base_url)
+    client.login("bob")
+    room = _room_path(stack, "general")
+    response = client.post_form(room + "messages/", {"text": "   "}, room)
+    assert response.status == 422
+    assert "This field is required." in response.body
+
+
+def test_failed_login_answers_422(stack: Stack) -> None:
+    client = HttpClient(stack.base_url)
+    response = client.post_form("/accounts/login/", {"username": "bob", "password": "wrong"})
+    assert response.status == 422
+
+
+def test_only_the_author_may_edit_or_delete(stack: Stack) -> None:
+    alice, bob = HttpClient(stack.base_url), HttpClient(stack.base_url)
+    alice.login("alice")
+    bob.login("bob")
+    room = _room_path(stack, "general")
+    alice.post_form(room + "messages/", {"text": "alice's own words"}, room)
+    match = re.search(
+        r'<div id="message-(\d+)"[^>]*>(?:(?!<div id="message-).)*alice&#x27;s own words',
+        alice.get(room).body,
+        re.S,
+    )
+    assert match
+    message = match.group(1)
+    assert bob.get(f"/messages/{message}/edit/").status == 403
+    assert bob.get(f"/messages/{message}/delete/").status == 403
+    token_page = room  # any page of Bob's carries his CSRF token
+    edit = bob.post_form(f"/messages/{message}/edit/", {"text": "bob was here"}, token_page)
+    assert edit.status == 403
+    delete = bob.post_form(f"/messages/{message}/delete/", {}, token_page)
+    assert delete.status == 403
+    assert "alice&#x27;s own words" in alice.get(room).body
+    assert alice.get(f"/messages/{message}/edit/").status == 200
+
+
+def test_non_members_cannot_post(stack: Stack) -> None:
+    carol = HttpClient(stack.base_url)
+    carol.login("carol")
+    room = _room_path(stack, "general")
+    assert carol.get(room).status == 403
+    response = carol.post_form(room + "messages/", {"text": "let me in"}, "/")
+    assert response.status == 403
+
+
+def test_room_list_shows_other_rooms_as_not_a_member(stack: Stack) -> None:
+    carol = HttpClient(stack.base_url)
+    carol.login("carol")
+    body = carol.get("/").body
+    assert re.search(r"general.*?not a member", body, re.S)
+
+
+def test_static_files_are_served_by_the_asgi_app(stack: Stack) -> None:
+    client = HttpClient(stack.base_url)
+    assert client.get("/static/turbo.es2017-esm.js").status == 200
+    assert client.get("/static/turbo_tasks/turbo-tasks.js").status == 200
