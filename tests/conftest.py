@@ -122,39 +122,56 @@ def redis_client(redis_server: str) -> redis.Redis:
     return redis.Redis.from_url(redis_server)
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(redis_server: str) -> Iterator[Process]:
-    """A real worker consuming the broadcast queue: ``celery -A worker worker -Q turbo_tasks``."""
+def start_worker(
+    name: str, queue: str = "turbo_tasks", env: dict[str, str] | None = None
+) -> Process:
+    """``celery -A worker worker -Q <queue>`` (solo pool), once it answers a ping."""
     worker = Process(
-        "worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            "turbo_tasks",
-            "--pool",
-            "solo",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "info",
-            "-n",
-            f"test-{os.getpid()}@%h",
-        ],
-    )
+        name,
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queue, "--pool", "solo",
+         "--without-mingle", "--without-gossip", "-l", "info", "-n", f"{name}@%h"],
+        env=env,
+    )  # fmt: skip
+    destination = [f"{name}@{socket.gethostname()}"]
     try:
         wait_for(
-            lambda: worker.proc.poll() is None and celery_app.control.ping(timeout=0.5),
+            lambda: (
+                worker.proc is not None
+                and worker.proc.poll() is None
+                and celery_app.control.ping(destination=destination, timeout=0.5)
+            ),
             60,
-            "the Celery worker to answer a ping",
+            f"worker {name} to answer a ping",
         )
     except AssertionError:
         worker.stop()
-        raise AssertionError("worker did not start:\n" + worker.log()) from None
+        raise AssertionError(f"worker {name} did not start:\n" + worker.log()) from None
+    return worker
+
+
+def start_asgi(
+    name: str, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+) -> tuple[Process, int]:
+    """The test ASGI app under uvicorn on a free port, once it accepts connections."""
+    port = free_port()
+    server = Process(
+        name,
+        [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", *extra],
+        env=env,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _accepts(port), 30, f"uvicorn {name} on port {port}")
+    except AssertionError:
+        server.stop()
+        raise AssertionError(f"ASGI server {name} did not start:\n" + server.log()) from None
+    return server, port
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(redis_server: str) -> Iterator[Process]:
+    """A real worker consuming the broadcast queue: ``celery -A worker worker -Q turbo_tasks``."""
+    worker = start_worker(f"test-{os.getpid()}")
     yield worker
     worker.stop()
 
@@ -162,29 +179,7 @@ def celery_worker_process(redis_server: str) -> Iterator[Process]:
 @pytest.fixture(scope="session")
 def asgi_server(redis_server: str) -> Iterator[str]:
     """The test ASGI app under uvicorn; yields its ws:// base URL."""
-    port = free_port()
-    server = Process(
-        "asgi",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets",
-            "--log-level",
-            "warning",
-        ],
-    )
-    try:
-        wait_for(lambda: _accepts(port), 30, f"uvicorn on port {port}")
-    except AssertionError:
-        server.stop()
-        raise AssertionError("ASGI server did not start:\n" + server.log()) from None
+    server, port = start_asgi("asgi", extra=("--ws", "websockets"))
     yield f"ws://127.0.0.1:{port}"
     server.stop()
 

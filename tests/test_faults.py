@@ -23,7 +23,17 @@ from django.core.management import call_command
 from django.test import override_settings
 from websockets.sync.client import connect
 
-from tests.conftest import Process, WsClient, _accepts, _env, _ping, celery_app, free_port, wait_for
+from tests.conftest import (
+    Process,
+    WsClient,
+    _accepts,
+    _env,
+    _ping,
+    free_port,
+    start_asgi,
+    start_worker,
+    wait_for,
+)
 from tests.testapp.models import Gated, Message, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,59 +89,11 @@ def _fault_env(channel_redis: ChannelRedis) -> dict[str, str]:
     return env
 
 
-def start_worker(env: dict[str, str], name: str) -> Process:
-    worker = Process(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            QUEUE,
-            "--pool",
-            "solo",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "info",
-            "-n",
-            f"{name}@%h",
-        ],
-        env=env,
-    )
-    wait_for(
-        lambda: celery_app.control.ping(destination=[f"{name}@{os.uname().nodename}"], timeout=0.5),
-        60,
-        f"worker {name} to answer a ping",
-    )
-    return worker
-
-
 @pytest.fixture(scope="module")
 def fault_stack(channel_redis):
     env = _fault_env(channel_redis)
-    port = free_port()
-    asgi = Process(
-        "faults-asgi",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    wait_for(lambda: _accepts(port), 30, "the fault ASGI server")
-    worker = start_worker(env, f"faults-{os.getpid()}")
+    asgi, port = start_asgi("faults-asgi", env)
+    worker = start_worker(f"faults-{os.getpid()}", QUEUE, env)
     stack = {"env": env, "worker": worker, "ws": f"ws://127.0.0.1:{port}/ws/turbo/"}
     yield stack
     stack["worker"].stop()
@@ -275,7 +237,9 @@ def test_worker_killed_mid_task_is_redelivered(fault_stack, tmp_path: Path):
 
     # The message was never acknowledged: a new worker gets it back once the broker's
     # visibility timeout (5 s here) has passed.
-    fault_stack["worker"] = start_worker(fault_stack["env"], f"faults-restarted-{os.getpid()}")
+    fault_stack["worker"] = start_worker(
+        f"faults-restarted-{os.getpid()}", QUEUE, fault_stack["env"]
+    )
     assert client.messages(timeout=90) == (
         '<turbo-stream action="append" target="gated"><template>after the kill</template>'
         "</turbo-stream>"
