@@ -71,6 +71,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 NAIVE_QUEUE = "bench_naive"
 CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route", {"bench.*": {"queue": NAIVE_QUEUE}})
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_DB_REUSE_MAX = 100
 
 TURBO_TASKS: dict = {}  # defaults: direct publish mode, queue "turbo_tasks"
 
@@ -80,3 +81,4 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
 }
+CELERY_DB_REUSE_MAX = 1000

@@ -7,9 +7,10 @@ import logging
 import re
 
 import pytest
+from django.db import OperationalError, connections
 
 from tests.testapp.models import Message, Room
-from turbo_tasks import delivery, layers
+from turbo_tasks import delivery, layers, tasks
 from turbo_tasks.signals import snapshot
 from turbo_tasks.tasks import deliver
 
@@ -257,7 +258,9 @@ def test_stale_edit_arriving_late_renders_the_latest_state(subscribed, room):
 
 @pytest.fixture
 def layer(redis_server):
-    return layers.get_layer()
+    layers.forget_subscribers()
+    yield layers.get_layer()
+    layers.forget_subscribers()
 
 
 def test_only_groups_with_live_members_count_as_subscribed(layer):
@@ -267,7 +270,27 @@ def test_only_groups_with_live_members_count_as_subscribed(layer):
         assert layers.groups_with_subscribers(layer, {lobby, empty}) == {lobby}
     finally:
         layers.run(layer.group_discard(lobby, "specific.test!member"))
+    # A group just seen with members is not asked again for MEMBERS_SEEN_SECONDS: the
+    # worst case is one frame rendered for nobody.
+    assert layers.groups_with_subscribers(layer, {lobby}) == {lobby}
+    layers.forget_subscribers()
     assert layers.groups_with_subscribers(layer, {lobby}) == set()
+
+
+def test_a_group_without_members_is_asked_again_every_time(layer):
+    lobby = Room(pk=10**6 + 2).stream.group_name
+    assert layers.groups_with_subscribers(layer, {lobby}) == set()
+    layers.run(layer.group_add(lobby, "specific.test!late"))
+    try:
+        assert layers.groups_with_subscribers(layer, {lobby}) == {lobby}
+    finally:
+        layers.run(layer.group_discard(lobby, "specific.test!late"))
+
+
+@pytest.mark.asyncio
+async def test_the_layer_helpers_refuse_to_run_inside_an_event_loop(layer):
+    with pytest.raises(RuntimeError, match="synchronous code"):
+        layers.run(layer.group_add("g", "specific.test!x"))
 
 
 def test_frames_for_streams_nobody_watches_are_not_rendered(layer, room):
@@ -286,3 +309,19 @@ def test_frames_for_streams_nobody_watches_are_not_rendered(layer, room):
             delivery.deliver([job])
         finally:
             layers.run(layer.group_discard(room.stream.group_name, "specific.test!watcher"))
+
+
+def test_a_database_error_closes_the_connection_before_the_retry(monkeypatch, settings):
+    # With CELERY_DB_REUSE_MAX the connection outlives a task: a broken one must not be
+    # handed to the retry.
+    settings.TURBO_TASKS = {"MAX_RETRIES": 1, "RETRY_BACKOFF": 0, "RETRY_BACKOFF_MAX": 0}
+    closed: list[str] = []
+    monkeypatch.setattr(connections["default"], "close", lambda: closed.append("default"))
+
+    def broken(jobs, using):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(delivery, "deliver", broken)
+    result = tasks.deliver.apply(args=([],))
+    assert isinstance(result.result, tasks.DeliveryFailed)
+    assert closed == ["default", "default"]  # the first attempt and its one retry

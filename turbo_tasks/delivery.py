@@ -153,9 +153,9 @@ def _reload(steps: list[_RowStep | Job], using: str) -> dict[tuple[type, Any], m
             wanted.setdefault(step.model, []).append(step.pk)
     rows = {}
     for model, pks in wanted.items():
-        # Hooks usually follow foreign keys (message.room.stream): load those per batch,
-        # not per row.
-        queryset = model._base_manager.using(using).prefetch_related(*_foreign_keys(model))
+        # Hooks usually follow foreign keys (message.room.stream): join them in, rather
+        # than one query per row.
+        queryset = model._base_manager.using(using).select_related(*_foreign_keys(model))
         for pk, row in queryset.in_bulk(pks).items():
             rows[(model, pk)] = row
     return rows

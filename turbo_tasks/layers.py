@@ -1,8 +1,9 @@
 """The channel layer, from synchronous worker code.
 
 ``async_to_sync`` per push would start a thread, an event loop and new Redis connections
-every time (milliseconds per task). Instead each worker process keeps one event loop in a
-daemon thread, so channels_redis keeps its connection pool between tasks.
+every time (milliseconds per task). Instead each worker thread keeps one event loop and
+runs the channel-layer calls on it directly (no hand-off to another thread), so
+channels_redis keeps its connection pool between tasks.
 """
 
 from __future__ import annotations
@@ -28,30 +29,39 @@ MAX_FRAMES_PER_MESSAGE = 100
 MAX_CONCURRENT_SENDS = 50
 # A channel layer that does not answer within this is treated as down (and retried).
 TIMEOUT_SECONDS = 30
+# A group seen with members is taken to still have them for this long (no ZCOUNT): at
+# worst a frame is rendered for a group that has just emptied, and group_send drops it.
+MEMBERS_SEEN_SECONDS = 1.0
+MAX_SEEN_GROUPS = 10_000
 
 
-class _LoopThread:
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="turbo_tasks-loop", daemon=True).start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT_SECONDS)
+class _Local(threading.local):
+    pid = 0
+    loop: asyncio.AbstractEventLoop
+    # group -> monotonic time it was last seen with members
+    seen: dict[str, float]
 
 
-_runner: _LoopThread | None = None
-_runner_lock = threading.Lock()
+_local = _Local()
+
+
+def _state() -> _Local:
+    if _local.pid != os.getpid() or _local.loop.is_closed():
+        # A forked child (Celery's prefork pool) must not share the parent's sockets.
+        _local.pid, _local.loop, _local.seen = os.getpid(), asyncio.new_event_loop(), {}
+    return _local
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on this process's channel-layer loop and wait for it."""
-    global _runner
-    with _runner_lock:
-        # A forked child (Celery's prefork pool) has no copy of the parent's thread.
-        if _runner is None or _runner.pid != os.getpid():
-            _runner = _LoopThread()
-    return _runner.run(coro)
+    """Run ``coro`` on this thread's channel-layer loop and wait for it (at most
+    TIMEOUT_SECONDS). For synchronous code, like the rest of the worker's Django code."""
+    loop = _state().loop
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT_SECONDS))
+    coro.close()
+    raise RuntimeError("turbo_tasks delivers from synchronous code; use sync_to_async")
 
 
 def get_layer() -> Any:
@@ -70,7 +80,21 @@ def groups_with_subscribers(layer: Any, groups: set[str]) -> set[str]:
     tell), so frames nobody would receive are never rendered."""
     if not groups or not isinstance(layer, RedisChannelLayer):
         return groups
-    return run(_with_members(layer, groups))
+    now, seen = time.monotonic(), _state().seen
+    recent = {g for g in groups if now - seen.get(g, -MEMBERS_SEEN_SECONDS) < MEMBERS_SEEN_SECONDS}
+    if len(recent) == len(groups):
+        return groups
+    found = run(_with_members(layer, groups - recent))
+    if len(seen) > MAX_SEEN_GROUPS:  # keep a long-lived worker's memory bounded
+        for group in [g for g, t in seen.items() if now - t >= MEMBERS_SEEN_SECONDS]:
+            del seen[group]
+    seen.update(dict.fromkeys(found, now))
+    return recent | found
+
+
+def forget_subscribers() -> None:
+    """Drop what this thread remembers about groups having members (for tests)."""
+    _state().seen.clear()
 
 
 async def _with_members(layer: RedisChannelLayer, groups: set[str]) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import random
 from typing import Any
 
@@ -10,7 +11,7 @@ import redis.exceptions
 from celery import Task, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
 from turbo_tasks import conf, delivery
 from turbo_tasks.broker import readable_args
@@ -52,6 +53,11 @@ def deliver(self: Task, jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIA
     try:
         return delivery.deliver(jobs, using)
     except RETRYABLE as exc:
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            # With CELERY_DB_REUSE_MAX the connection outlives the task: make the retry
+            # (and the next task) open a fresh one instead of reusing a broken one.
+            with contextlib.suppress(Exception):
+                connections[using].close()
         retries = self.request.retries
         if retries >= conf.get("MAX_RETRIES"):
             raise DeliveryFailed(
