@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 
 import pytest
+import redis
 from celery import Celery
 from celery.signals import before_task_publish
 from django.test import override_settings
@@ -79,3 +81,44 @@ def test_other_brokers_and_options_use_celery(config):
 def test_plain_redis_broker_uses_the_fast_path():
     app = Celery("plain", set_as_current=False, broker="redis://localhost:6379/3")
     assert isinstance(broker._make_publisher(app), broker.RedisPublisher)
+
+
+def test_threads_publish_on_their_own_connections(redis_client):
+    queue = "threaded-publish"
+    redis_client.delete(queue)
+    publisher = broker._fast_publisher(celery_app)
+    assert publisher is not None
+    policy = {"max_retries": 0}
+
+    def publish_many(n):
+        for i in range(50):
+            publisher.publish([{**JOBS[0], "pk": n * 100 + i}], {}, queue, policy)
+
+    threads = [threading.Thread(target=publish_many, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    messages = raw_messages(redis_client, queue)
+    redis_client.delete(queue)
+    bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
+    assert sorted(body[0][0][0]["pk"] for body in bodies) == sorted(
+        n * 100 + i for n in range(4) for i in range(50)
+    )
+    assert len({m["headers"]["id"] for m in messages}) == 200
+
+
+def test_a_dropped_connection_is_reopened(redis_client):
+    queue = "reconnect-publish"
+    publisher = broker._fast_publisher(celery_app)
+    assert publisher is not None
+    publisher.publish(JOBS, {}, queue, {"max_retries": 0})
+    # The server closes every client connection (as a Redis restart or idle timeout does).
+    redis_client.client_kill_filter(_type="normal", skipme=True)
+    with pytest.raises(redis.ConnectionError):
+        publisher.publish(JOBS, {}, queue, {"max_retries": 0})
+    publisher.publish(JOBS, {}, queue, {"max_retries": 0})  # a new connection
+    redis_client.client_kill_filter(_type="normal", skipme=True)
+    publisher.publish(JOBS, {}, queue, {"max_retries": 1})  # reconnects within the call
+    assert redis_client.llen(queue) == 3
+    redis_client.delete(queue)

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -62,42 +63,82 @@ def publish(app: Celery, jobs: list[dict[str, Any]], kwargs: dict[str, Any], que
 
 
 class RedisPublisher:
-    """Writes Celery task messages straight to a Redis broker's queue list."""
+    """Writes Celery task messages straight to a Redis broker's queue list.
+
+    Each thread keeps one redis-py ``Connection`` (no pool checkout, no retry wrapper per
+    command: a third of what ``Redis.lpush`` costs here); the parts of the message that do
+    not change between publishes are built once per queue.
+    """
 
     def __init__(self, broker_url: str, transport_options: dict[str, Any]) -> None:
-        self.client = redis.Redis.from_url(
+        pool = redis.ConnectionPool.from_url(
             broker_url,
             socket_timeout=transport_options.get("socket_timeout"),
             socket_connect_timeout=transport_options.get("socket_connect_timeout"),
         )
+        self.connection_class = pool.connection_class
+        self.connection_kwargs = pool.connection_kwargs
+        self.local = threading.local()
         self.origin_json = json.dumps(f"gen{os.getpid()}@{socket.gethostname()}")
         self.reply_to = str(uuid.uuid4())
+        self.templates: dict[str, tuple[str, str, bytes]] = {}
+
+    def _template(self, queue: str) -> tuple[str, str, bytes]:
+        try:
+            return self.templates[queue]
+        except KeyError:
+            pass
+        # The JSON kombu writes for task protocol 2, in kombu's key order, split around
+        # the values that change: the task id, the body and argsrepr/kwargsrepr.
+        headers_head = (
+            f'"content-encoding":"utf-8","content-type":"application/json",'
+            f'"headers":{{"lang":"py","task":"{TASK_NAME}","id":"'
+        )
+        headers_tail = (
+            f'"origin":{self.origin_json},"ignore_result":true,"replaced_task_nesting":0,'
+            f'"stamped_headers":null,"stamps":{{}}}},"properties":{{"correlation_id":"'
+        )
+        properties_tail = (
+            f'"reply_to":"{self.reply_to}","delivery_mode":2,'
+            f'"delivery_info":{{"exchange":"","routing_key":{json.dumps(queue)}}},'
+            f'"priority":0,"body_encoding":"base64","delivery_tag":"'
+        ).encode()
+        template = self.templates[queue] = (headers_head, headers_tail, properties_tail)
+        return template
 
     def message(self, jobs: list[dict[str, Any]], kwargs: dict[str, Any], queue: str) -> bytes:
-        # The JSON kombu would write, assembled from one dump of the jobs: this runs in
-        # the user's commit, once per transaction.
+        # Runs in the user's commit, once per transaction: one dump of the jobs.
+        headers_head, headers_tail, properties_tail = self._template(queue)
         task_id = str(uuid.uuid4())
         jobs_json = json.dumps(jobs, separators=(",", ":"))
-        kwargs_json = json.dumps(kwargs, separators=(",", ":"))
-        body = f"[[{jobs_json}],{kwargs_json},{_EMBED_JSON}]".encode()
-        headers = (
-            f'{{"lang":"py","task":"{TASK_NAME}","id":"{task_id}","shadow":null,"eta":null,'
-            f'"expires":null,"group":null,"group_index":null,"retries":0,'
-            f'"timelimit":[null,null],"root_id":"{task_id}","parent_id":null,'
-            f'"argsrepr":{json.dumps(f"[{jobs_json}]")},"kwargsrepr":{json.dumps(kwargs_json)},'
-            f'"origin":{self.origin_json},"ignore_result":true,"replaced_task_nesting":0,'
-            f'"stamped_headers":null,"stamps":{{}}}}'
+        kwargs_json = json.dumps(kwargs, separators=(",", ":")) if kwargs else "{}"
+        body = base64.b64encode(f"[[{jobs_json}],{kwargs_json},{_EMBED_JSON}]".encode())
+        return b"".join(
+            (
+                b'{"body":"',
+                body,
+                b'",',
+                (
+                    f'{headers_head}{task_id}","shadow":null,"eta":null,"expires":null,'
+                    f'"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
+                    f'"root_id":"{task_id}","parent_id":null,'
+                    f'"argsrepr":{json.dumps(f"[{jobs_json}]")},'
+                    f'"kwargsrepr":{json.dumps(kwargs_json)},{headers_tail}{task_id}",'
+                ).encode(),
+                properties_tail,
+                task_id.encode(),  # delivery_tag: unique per message, like kombu's uuid
+                b'"}}',
+            )
         )
-        properties = (
-            f'{{"correlation_id":"{task_id}","reply_to":"{self.reply_to}","delivery_mode":2,'
-            f'"delivery_info":{{"exchange":"","routing_key":{json.dumps(queue)}}},'
-            f'"priority":0,"body_encoding":"base64","delivery_tag":"{uuid.uuid4()}"}}'
-        )
-        return (
-            f'{{"body":"{base64.b64encode(body).decode()}","content-encoding":"utf-8",'
-            f'"content-type":"application/json","headers":{headers},'
-            f'"properties":{properties}}}'
-        ).encode()
+
+    def _connection(self) -> redis.Connection:
+        local = self.local
+        if getattr(local, "pid", None) != os.getpid():
+            # New thread, or a forked child that must not share its parent's socket.
+            local.pid = os.getpid()
+            local.connection = self.connection_class(**self.connection_kwargs)
+        connection: redis.Connection = local.connection
+        return connection
 
     def publish(
         self,
@@ -106,14 +147,19 @@ class RedisPublisher:
         queue: str,
         policy: dict[str, Any],
     ) -> None:
-        message = self.message(jobs, kwargs, queue)
+        connection = self._connection()
+        command = connection.pack_command("LPUSH", queue, self.message(jobs, kwargs, queue))
+        max_retries = int(policy.get("max_retries", 3))
         delay = float(policy.get("interval_start", 0))
-        for attempt in range(int(policy.get("max_retries", 3)) + 1):
+        for attempt in range(max_retries + 1):
             try:
-                self.client.lpush(queue, message)
+                connection.send_packed_command(command, check_health=False)
+                connection.read_response()
                 return
             except (redis.ConnectionError, redis.TimeoutError):
-                if attempt == int(policy.get("max_retries", 3)):
+                # The socket may hold half a command or an unread reply: start afresh.
+                connection.disconnect()
+                if attempt == max_retries:
                     raise
             time.sleep(delay)
             delay = min(
