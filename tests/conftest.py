@@ -157,7 +157,9 @@ def start_asgi(
     server = Process(
         name,
         [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", *extra],
+         "--port", str(port), "--log-level", "warning",
+         # As the Procfile: shutdown can hang on channels_redis receives (README).
+         "--timeout-graceful-shutdown", "5", *extra],
         env=env,
     )  # fmt: skip
     try:
