@@ -231,6 +231,7 @@ class Context:
             BENCH_REDIS_URL=broker_url,
             BENCH_CHANNEL_REDIS_URL=channel_url,
             BENCH_DB=str(self.tmp / "bench.sqlite3"),
+            BENCH_CHANNEL_LAYER=LAYERS[self.args.layer],
         )
         os.environ.update(self.env)
         import django
@@ -341,6 +342,12 @@ class Context:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+LAYERS = {
+    "core": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -352,6 +359,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument(
         "--pool", default="solo", choices=("solo", "prefork"), help="Celery pool (-c 1)"
+    )
+    parser.add_argument(
+        "--layer",
+        default="core",
+        choices=tuple(LAYERS),
+        help="channels_redis layer for F1-F3: RedisChannelLayer (core, the default) or "
+        "RedisPubSubChannelLayer (pubsub)",
     )
     parser.add_argument("--db-dir", help="directory for the SQLite file (default: /dev/shm)")
     parser.add_argument(
@@ -365,6 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.only) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {BENCHES}")
+    if args.layer != "core" and not set(args.only) <= {"F1", "F2", "F3"}:
+        parser.error("--layer pubsub applies to F1, F2 and F3 only (add --only F1,F2,F3)")
     return args
 
 
@@ -421,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"profiles: {RESULTS / 'profile_write.txt'}, profile_fanout.txt")
         f_benches = [b for b in ("F1", "F2", "F3") if b in args.only]
         if f_benches:
-            write.Queues().flush()
+            if args.layer == "core":
+                write.Queues().flush()
             ctx.start_worker()
             ctx.start_asgi()
             from bench import fanout
@@ -448,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "config": {k: config[k] for k in args.only},
         "celery_pool": args.pool,
+        "channel_layer": LAYERS[args.layer],
         "sqlite_on_tmpfs": str(ctx.tmp).startswith("/dev/shm"),
         "targets": targets,
         "errors": errors,
@@ -476,7 +494,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "",
             f"Machine: {machine_line(doc['machine'])}.",
             f"Code measured: {doc.get('source', 'unknown')}.",
-            f"Celery worker: one process, `--pool {doc['celery_pool']} -c 1`. SQLite on tmpfs: "
+            f"Celery worker: one process, `--pool {doc['celery_pool']} -c 1`. Channel layer: "
+            f"`{doc.get('channel_layer', LAYERS['core'])}`. SQLite on tmpfs: "
             f"{'yes' if doc['sqlite_on_tmpfs'] else 'no'}. Wall time {doc['wall_seconds']:.0f}s "
             f"({timings}). Load average (1/5/15 min) before: "
             f"{'/'.join(str(x) for x in doc['load_average_before'])}, after: "

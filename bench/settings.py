@@ -54,7 +54,8 @@ DATABASES = {
 ASGI_APPLICATION = "bench.asgi.application"
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # bench/run.py --layer: RedisChannelLayer (default) or RedisPubSubChannelLayer
+        "BACKEND": os.environ.get("BENCH_CHANNEL_LAYER", "channels_redis.core.RedisChannelLayer"),
         "CONFIG": {"hosts": [{"address": CHANNEL_REDIS_URL, "socket_timeout": 15}]},
     }
 }

@@ -1,5 +1,9 @@
 """``{% count_render %}``: counts renders of the F3 template in Redis (``bench:renders``),
-so the benchmark can check that a worker renders once per action, not once per socket."""
+so the benchmark can check that a worker renders once per action, not once per socket.
+``{% rendered_at %}``: the worker's ``time.time()`` at render, which splits F2's latency into
+commit → render and render → socket."""
+
+import time
 
 from django import template
 from django.conf import settings
@@ -19,3 +23,8 @@ def count_render() -> str:
         _client = redis.Redis.from_url(settings.REDIS_URL)
     _client.incr(RENDERS_KEY)
     return ""
+
+
+@register.simple_tag
+def rendered_at() -> str:
+    return f"{time.time():.6f}"
