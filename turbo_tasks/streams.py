@@ -66,11 +66,13 @@ class Broadcast:
         template: str | None = None,
         context: dict[str, Any] | None = None,
         text: str | None = None,
+        group: str | None = None,
     ) -> None:
         self.stream, self.action, self.target, self.targets = stream, action, target, targets
         self._template, self._context, self._text = template, context, text
         self._html: str | None = None
-        self.group = stream.group_name  # the Channels group it is pushed to
+        # The Channels group it is pushed to (the caller may have it already).
+        self.group = stream.group_name if group is None else group
 
     @property
     def html(self) -> str:
@@ -313,7 +315,9 @@ class Stream:
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
         collected = collector.get()
         if collected is not None:
-            collected.append(Broadcast(self, action, id, selector, template, context, text))
+            collected.append(
+                Broadcast(self, action, id, selector, template, context, text, group_name(ref))
+            )
             return
         from turbo_tasks import signals
 
