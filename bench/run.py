@@ -63,7 +63,7 @@ FULL: dict[str, dict[str, Any]] = {
         "variants": ["off", "turbo_tasks", "naive", "turbo_django"],
     },
     "F1": {
-        "rounds": 3,
+        "rounds": 5,
         "changes": 10000,
         "naive_changes": 1000,
         "autocommit_changes": 1000,
