@@ -27,7 +27,7 @@ import time
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-ITEM = re.compile(r'<p id="m-(\d+)" data-rendered="([\d.]+)">([^<]*)</p>')
+ITEM = re.compile(r'<p id="m-(\d+)" data-started="([\d.]+)" data-rendered="([\d.]+)">([^<]*)</p>')
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -78,7 +78,7 @@ async def main(args: argparse.Namespace) -> dict:
 
     seen: list[dict[str, float]] = [{} for _ in sockets]
     texts: dict[str, str] = {}
-    rendered: dict[str, float] = {}
+    rendered: dict[str, tuple[float, float]] = {}  # pk -> (task started, rendered)
     state = {"frames": 0, "complete_sockets": 0}
     done = asyncio.Event()
 
@@ -92,12 +92,12 @@ async def main(args: argparse.Namespace) -> dict:
                 if '"message"' not in raw:
                     continue
                 html = json.loads(raw).get("html", "")
-                for pk, rendered_at, text in ITEM.findall(html):
+                for pk, started_at, rendered_at, text in ITEM.findall(html):
                     if pk not in mine:
                         mine[pk] = now
                         if pk not in texts:
                             texts[pk] = text
-                            rendered[pk] = float(rendered_at)
+                            rendered[pk] = (float(started_at), float(rendered_at))
                 if not finished and len(mine) >= args.expect:
                     finished = True
                     state["complete_sockets"] += 1
@@ -139,7 +139,8 @@ async def main(args: argparse.Namespace) -> dict:
         times = sorted(s[pk] for s in seen if pk in s)
         items[pk] = {
             "text": text,
-            "rendered": rendered[pk],
+            "started": rendered[pk][0],
+            "rendered": rendered[pk][1],
             "n": len(times),
             "first": times[0],
             "last": times[-1],

@@ -256,8 +256,10 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     per_round: dict[str, dict[str, list[float]]] = {v: {} for v in models}
     pooled: dict[str, list[float]] = {v: [] for v in models}
     save_ms: dict[str, list[float]] = {v: [] for v in models}
-    # Where the time goes: before the save → the worker renders the row's template
-    # ({% rendered_at %}), and render → the frame reaches the client.
+    # Where the time goes: before the save → the worker starts the task (save, broker,
+    # Celery), → it renders the row's template (reload, hook), → the frame reaches the client
+    # (channel layer, ASGI server, websocket). Stamped by {% task_started_at %}/{% rendered_at %}.
+    to_start_ms: dict[str, list[float]] = {v: [] for v in models}
     to_render_ms: dict[str, list[float]] = {v: [] for v in models}
     to_socket_ms: dict[str, list[float]] = {v: [] for v in models}
     lost: dict[str, int] = dict.fromkeys(models, 0)
@@ -297,7 +299,8 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             ]
             for i in res["items"].values():
                 if i["text"] != "w":
-                    to_render_ms[name].append((i["rendered"] - float(i["text"])) * 1e3)
+                    to_start_ms[name].append((i["started"] - float(i["text"])) * 1e3)
+                    to_render_ms[name].append((i["rendered"] - i["started"]) * 1e3)
                     to_socket_ms[name].append((i["first"] - i["rendered"]) * 1e3)
             lost[name] += count - len(latencies)
             pooled[name].extend(latencies)
@@ -325,6 +328,7 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
                     "max": max(pooled[name]),
                 },
                 "save_ms_p50": percentile(save_ms[name], 50),
+                "to_start_ms_p50": percentile(to_start_ms[name], 50),
                 "to_render_ms_p50": percentile(to_render_ms[name], 50),
                 "to_socket_ms_p50": percentile(to_socket_ms[name], 50),
                 "lost": lost[name],

@@ -178,7 +178,8 @@ def results_table(results: dict[str, Any]) -> str:
     if f2:
         stages = (
             ("save_ms_p50", "ms of the save itself (p50, included above)"),
-            ("to_render_ms_p50", "ms before the save → worker renders (p50)"),
+            ("to_start_ms_p50", "ms before the save → task starts in the worker (p50)"),
+            ("to_render_ms_p50", "ms task starts → frame rendered (p50)"),
             ("to_socket_ms_p50", "ms worker renders → frame at the socket (p50)"),
         )
         for name, metrics in f2["values"].items():

@@ -5,6 +5,8 @@ from asgiref.sync import async_to_sync
 from celery import shared_task
 from channels.layers import get_channel_layer
 
+# Connects the task_prerun receiver behind {% task_started_at %} before the first task.
+from bench.benchapp.templatetags import bench_tags  # noqa: F401
 from turbo_tasks.rendering import render_frame
 
 
