@@ -27,7 +27,10 @@ import time
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-ITEM = re.compile(r'<p id="m-(\d+)" data-started="([\d.]+)" data-rendered="([\d.]+)">([^<]*)</p>')
+# F2's template also stamps the worker's task start and render times.
+ITEM = re.compile(
+    r'<p id="m-(\d+)"(?: data-started="([\d.]+)" data-rendered="([\d.]+)")?>([^<]*)</p>'
+)
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -78,7 +81,7 @@ async def main(args: argparse.Namespace) -> dict:
 
     seen: list[dict[str, float]] = [{} for _ in sockets]
     texts: dict[str, str] = {}
-    rendered: dict[str, tuple[float, float]] = {}  # pk -> (task started, rendered)
+    stamps: dict[str, tuple[str, str]] = {}  # pk -> (task started, rendered), F2 only
     state = {"frames": 0, "complete_sockets": 0}
     done = asyncio.Event()
 
@@ -97,7 +100,7 @@ async def main(args: argparse.Namespace) -> dict:
                         mine[pk] = now
                         if pk not in texts:
                             texts[pk] = text
-                            rendered[pk] = (float(started_at), float(rendered_at))
+                            stamps[pk] = (started_at, rendered_at)
                 if not finished and len(mine) >= args.expect:
                     finished = True
                     state["complete_sockets"] += 1
@@ -139,8 +142,11 @@ async def main(args: argparse.Namespace) -> dict:
         times = sorted(s[pk] for s in seen if pk in s)
         items[pk] = {
             "text": text,
-            "started": rendered[pk][0],
-            "rendered": rendered[pk][1],
+            **(
+                {"started": float(stamps[pk][0]), "rendered": float(stamps[pk][1])}
+                if stamps[pk][0]
+                else {}
+            ),
             "n": len(times),
             "first": times[0],
             "last": times[-1],

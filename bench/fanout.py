@@ -267,7 +267,7 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
         for name, model in models.items():
             ctx.check_alive()
             wait_idle(broker)
-            room = Room.objects.create(name=f"f2-{name}-{r}")
+            room = Room.objects.create(name=f"f2-{name}-{r}", stamped=True)
             warm = int(cfg["warmup_seconds"] * rate)
             client = Client(
                 ctx,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import contextlib
 import random
 from typing import Any
@@ -22,7 +22,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
     ConnectionError,
     TimeoutError,
-    concurrent.futures.TimeoutError,  # the channel-layer loop did not answer (Python 3.10)
+    asyncio.TimeoutError,  # the channel layer did not answer in time (Python 3.10)
     OperationalError,
     InterfaceError,
 )

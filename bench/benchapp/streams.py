@@ -6,7 +6,11 @@ from .models import Message, Room
 
 
 def message_template(message) -> str:
-    return "bench/message_counted.html" if message.room.counted else "bench/message.html"
+    if message.room.counted:
+        return "bench/message_counted.html"  # F3
+    if message.room.stamped:
+        return "bench/message_stamped.html"  # F2
+    return "bench/message.html"
 
 
 class RoomStream(turbo.ModelStream):
