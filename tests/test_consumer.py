@@ -535,6 +535,35 @@ async def test_group_membership_is_refreshed_before_the_layer_forgets_it(room):
             assert (await receive(ws))["type"] == "message"
 
 
+def refresh_tasks():
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "").endswith("_refresh_groups")
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_crashed_consumer_stops_refreshing_its_groups(rooms):
+    # E.g. Redis down during a subscribe: the consumer dies without a websocket.disconnect,
+    # and its refresher used to keep re-adding the dead channel to its groups forever.
+    ws = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/turbo/")
+    ws.scope["user"] = AnonymousUser()
+    assert (await ws.connect(timeout=TIMEOUT))[0]
+    await assert_subscribes(ws, rooms[0].stream.signed_name)
+    assert len(refresh_tasks()) == 1
+    layer = get_channel_layer()
+    with mock.patch.object(layer, "group_add", side_effect=ConnectionError("Redis is down")):
+        await send(ws, "subscribe", rooms[1].stream.signed_name)
+        with pytest.raises(ConnectionError):
+            await ws.receive_output(timeout=TIMEOUT)
+    for _ in range(100):
+        if not refresh_tasks():
+            break
+        await asyncio.sleep(0.01)
+    assert refresh_tasks() == []
+
+
 # -- through the real ASGI server ----------------------------------------------------------
 
 

@@ -47,6 +47,16 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Read per connection (AsyncConsumer looks it up in __call__), not at import.
         return str(conf.get("CHANNEL_LAYER"))
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A consumer that crashed (e.g. Redis down in a group_add) never runs
+            # disconnect(); its refresher would re-add the dead channel forever.
+            refresher = getattr(self, "_refresher", None)
+            if refresher is not None:
+                refresher.cancel()
+
     async def connect(self) -> None:
         # group -> the signed names this socket subscribed to it with
         self.subscriptions: dict[str, set[str]] = {}
