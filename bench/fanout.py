@@ -292,16 +292,12 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
                 if i >= warm:
                     save_ms[name].append((time.time() - ts) * 1e3)
             res = client.result()
-            latencies = [
-                (i["first"] - float(i["text"])) * 1e3
-                for i in res["items"].values()
-                if i["text"] != "w"
-            ]
-            for i in res["items"].values():
-                if i["text"] != "w":
-                    to_start_ms[name].append((i["started"] - float(i["text"])) * 1e3)
-                    to_render_ms[name].append((i["rendered"] - i["started"]) * 1e3)
-                    to_socket_ms[name].append((i["first"] - i["rendered"]) * 1e3)
+            measured = [i for i in res["items"].values() if i["text"] != "w"]
+            latencies = [(i["first"] - float(i["text"])) * 1e3 for i in measured]
+            for i in measured:
+                to_start_ms[name].append((i["started"] - float(i["text"])) * 1e3)
+                to_render_ms[name].append((i["rendered"] - i["started"]) * 1e3)
+                to_socket_ms[name].append((i["first"] - i["rendered"]) * 1e3)
             lost[name] += count - len(latencies)
             pooled[name].extend(latencies)
             for p in (50, 95, 99):
