@@ -227,7 +227,7 @@ test("reconnects with growing backoff and re-subscribes every registered name", 
 
   last().open();
   assert.deepEqual(last().sent, [sub("a"), sub("b")]);
-  assert.equal(timers.pending.size, 0);
+  assert.deepEqual(timers.delays(), [10000, 10000], "only the two subscribes' reply timers");
 });
 
 test("backoff is capped and jittered", () => {
@@ -302,4 +302,55 @@ test("a throwing WebSocket constructor is retried with backoff", () => {
   fail = false;
   timers.advance(500);
   assert.equal(sockets.length, 1);
+});
+
+test("a subscribe left unanswered replaces the socket, then subscribes again", () => {
+  // E.g. a consumer stuck on a Redis call: the socket stays open but nothing comes back.
+  const { conn, timers, sockets, last, warnings } = setup({ replyTimeout: 3000 });
+  const a = listener();
+  conn.register("a", a);
+  last().open();
+  timers.advance(2999);
+  assert.equal(sockets.length, 1);
+  timers.advance(1);
+  assert.equal(sockets[0].closed, true);
+  assert.match(String(warnings.at(-1)), /no reply to subscribe/);
+  timers.advance(500); // the first backoff step
+  assert.equal(sockets.length, 2);
+  last().open();
+  assert.deepEqual(last().sent, [sub("a")]);
+  last().receive({ type: "subscribed", stream: "a" });
+  timers.advance(60000);
+  assert.equal(sockets.length, 2, "an answered subscribe keeps the socket");
+  assert.deepEqual(a.events, [["subscribed"]]);
+});
+
+test("a rejection also counts as the reply", () => {
+  const { conn, timers, sockets, last } = setup({ replyTimeout: 3000 });
+  conn.register("a", listener());
+  last().open();
+  last().receive({ type: "rejected", stream: "a", reason: "forbidden" });
+  timers.advance(60000);
+  assert.equal(sockets.length, 1);
+  assert.equal(last().closed, false);
+});
+
+test("no reply is awaited for a name that was unregistered or a socket that was replaced", () => {
+  const { conn, timers, sockets, last } = setup({ replyTimeout: 3000 });
+  const a = listener();
+  conn.register("a", a);
+  conn.register("keep", listener());
+  last().open();
+  last().receive({ type: "subscribed", stream: "keep" });
+  conn.unregister("a", a);
+  timers.advance(60000);
+  assert.equal(sockets.length, 1, "the dropped name's timer is gone");
+  assert.equal(last().closed, false);
+
+  conn.register("b", listener());
+  last().serverClose(); // before b's reply
+  timers.advance(500);
+  assert.equal(sockets.length, 2);
+  timers.advance(2999); // the old socket's timer must not touch the new one
+  assert.equal(last().closed, false);
 });

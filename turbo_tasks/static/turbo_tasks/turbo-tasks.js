@@ -18,14 +18,20 @@ export class StreamConnection {
     baseDelay = 500,
     maxDelay = 30000,
     unsubscribeDelay = 0,
+    // The server answers every subscribe (subscribed or rejected). A socket that stays open
+    // but answers nothing (a stuck consumer) is replaced after this long.
+    replyTimeout = 10000,
     logger = globalThis.console,
   } = {}) {
-    Object.assign(this, { url, WebSocket, random, baseDelay, maxDelay, unsubscribeDelay, logger });
+    Object.assign(this, {
+      url, WebSocket, random, baseDelay, maxDelay, unsubscribeDelay, replyTimeout, logger,
+    });
     // Wrapped so the browser's timer functions are never called with `this` = connection
     // (that throws "Illegal invocation").
     this.setTimeout = (fn, ms) => st(fn, ms);
     this.clearTimeout = (id) => ct(id);
-    // name -> { listeners: Set, state: null | "subscribed" | "rejected", reason, sent, unsubscribeTimer }
+    // name -> { listeners: Set, state: null | "subscribed" | "rejected", reason, sent,
+    //           unsubscribeTimer, replyTimer }
     this.subscriptions = new Map();
     this.socket = null;
     this.isOpen = false;
@@ -36,7 +42,10 @@ export class StreamConnection {
   register(name, listener) {
     let sub = this.subscriptions.get(name);
     if (!sub) {
-      sub = { listeners: new Set(), state: null, reason: null, sent: false, unsubscribeTimer: null };
+      sub = {
+        listeners: new Set(), state: null, reason: null, sent: false,
+        unsubscribeTimer: null, replyTimer: null,
+      };
       this.subscriptions.set(name, sub);
     }
     // An element replaced by an identical one (Turbo Drive visit, element moved) revives the
@@ -61,6 +70,7 @@ export class StreamConnection {
     sub.unsubscribeTimer = this.setTimeout(() => {
       sub.unsubscribeTimer = null;
       if (sub.listeners.size > 0) return;
+      this._stopWaiting(sub);
       this.subscriptions.delete(name);
       if (this.isOpen && sub.sent) this._send({ type: "unsubscribe", stream: name });
       if (this.subscriptions.size === 0) this._shutdown();
@@ -121,7 +131,10 @@ export class StreamConnection {
     try { ws.close(); } catch { /* already closing */ }
     if (this.socket === ws) this.socket = null;
     this.isOpen = false;
-    for (const sub of this.subscriptions.values()) sub.sent = false;
+    for (const sub of this.subscriptions.values()) {
+      sub.sent = false;
+      this._stopWaiting(sub);
+    }
   }
 
   _scheduleReconnect() {
@@ -140,6 +153,19 @@ export class StreamConnection {
   _subscribe(name, sub) {
     sub.sent = true;
     this._send({ type: "subscribe", stream: name });
+    const ws = this.socket;
+    this._stopWaiting(sub);
+    sub.replyTimer = this.setTimeout(() => {
+      sub.replyTimer = null;
+      if (ws !== this.socket || sub.state !== null) return;
+      this.logger?.warn?.("turbo-tasks: no reply to subscribe; reconnecting", name);
+      this._onLost(ws);
+    }, this.replyTimeout);
+  }
+
+  _stopWaiting(sub) {
+    if (sub.replyTimer !== null) this.clearTimeout(sub.replyTimer);
+    sub.replyTimer = null;
   }
 
   _send(frame) {
@@ -165,9 +191,11 @@ export class StreamConnection {
       if (typeof frame.html !== "string") return;
       for (const l of listeners) this._call(l, "onMessage", frame.html);
     } else if (frame.type === "subscribed") {
+      this._stopWaiting(sub);
       sub.state = "subscribed";
       for (const l of listeners) this._call(l, "onSubscribed");
     } else if (frame.type === "rejected") {
+      this._stopWaiting(sub);
       sub.state = "rejected";
       sub.reason = String(frame.reason);
       for (const l of listeners) this._call(l, "onRejected", sub.reason);
