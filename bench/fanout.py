@@ -21,9 +21,9 @@ from django.db import transaction
 
 from bench.benchapp.models import Message, NaiveMessage, Room
 from bench.benchapp.templatetags.bench_tags import RENDERS_KEY
-from bench.procs import ROOT
 from bench.report import percentile, summary
 from bench.write import checkpoint
+from tests.procs import ROOT
 from turbo_tasks import conf
 
 CLIENT = ROOT / "bench" / "client.py"

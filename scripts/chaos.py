@@ -47,7 +47,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.procs import accepts, free_port  # noqa: E402
+
 LISTENERS = ROOT / "scripts" / "chaos" / "listeners.py"
 RESULTS = ROOT / "scripts" / "chaos-results.json"
 LOG_ROOT = ROOT / "artifacts" / "chaos"
@@ -72,20 +76,6 @@ class Aborted(Exception):
 
 def say(mode: str, text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S', time.gmtime())}Z {mode}] {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def wait_until(condition: Any, timeout: float, what: str, closing: Any = None) -> Any:
@@ -419,7 +409,6 @@ class PublishErrors(logging.Handler):
 
 def setup_django(stack: Stack, logs: Path) -> PublishErrors:
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith(("TURBO_", "DJANGO_"))})
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()

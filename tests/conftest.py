@@ -23,6 +23,8 @@ from django.conf import settings
 from django.test import override_settings
 from websockets.sync.client import ClientConnection, connect
 
+from tests import procs
+from tests.procs import accepts, free_port
 from worker import (
     app as celery_app,
 )  # (the project's Celery app, loaded as a project's __init__ would)
@@ -32,23 +34,8 @@ LOG_DIR = ROOT / "artifacts" / "logs"
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    return procs.wait_for(condition, timeout, what, error=AssertionError)
 
 
 def _env() -> dict[str, str]:
@@ -163,7 +150,7 @@ def start_asgi(
         env=env,
     )  # fmt: skip
     try:
-        wait_for(lambda: _accepts(port), 30, f"uvicorn {name} on port {port}")
+        wait_for(lambda: accepts(port), 30, f"uvicorn {name} on port {port}")
     except AssertionError:
         server.stop()
         raise AssertionError(f"ASGI server {name} did not start:\n" + server.log()) from None
@@ -184,14 +171,6 @@ def asgi_server(redis_server: str) -> Iterator[str]:
     server, port = start_asgi("asgi", extra=("--ws", "websockets"))
     yield f"ws://127.0.0.1:{port}"
     server.stop()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class WsClient:

@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
+from tests.procs import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-REDIS_PORT = int(os.environ.setdefault("TURBO_TEST_REDIS_PORT", str(_free_port())))
+REDIS_PORT = int(os.environ.setdefault("TURBO_TEST_REDIS_PORT", str(free_port())))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 DB_PATH = os.environ.setdefault(
     "TURBO_TEST_DB", str(Path(tempfile.gettempdir()) / f"turbo_tasks_test_{REDIS_PORT}.sqlite3")

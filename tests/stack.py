@@ -22,7 +22,8 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import ROOT, Process, _accepts, _ping, free_port, wait_for
+from tests.conftest import ROOT, Process, _ping, wait_for
+from tests.procs import accepts, free_port
 
 PASSWORD = "turbo-demo"  # example/chat/management/commands/seed_demo.py
 
@@ -72,7 +73,7 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 
 def port_answers(port: int) -> bool:
-    return _accepts(port)
+    return accepts(port)
 
 
 @dataclass

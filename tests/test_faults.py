@@ -26,14 +26,13 @@ from websockets.sync.client import connect
 from tests.conftest import (
     Process,
     WsClient,
-    _accepts,
     _env,
     _ping,
-    free_port,
     start_asgi,
     start_worker,
     wait_for,
 )
+from tests.procs import accepts, free_port
 from tests.testapp.models import Gated, Message, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,7 +68,7 @@ class ChannelRedis:
     def stop(self) -> None:
         assert self.server is not None
         self.server.stop()
-        wait_for(lambda: not _accepts(self.port), 20, "the channel-layer Redis to stop")
+        wait_for(lambda: not accepts(self.port), 20, "the channel-layer Redis to stop")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Subprocesses of a benchmark run (redis-server, Celery worker, uvicorn), each stopped at
-the end of the run, on failure too. Small copies of tests/conftest.py's helpers, so the
-harness needs neither pytest nor the test settings."""
+"""Process helpers shared by the test suite, the benchmark (bench/) and the chaos run
+(scripts/chaos.py): free ports, polling waits and subprocesses in their own session. Plain
+Python: no pytest, no Django settings."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; raise after ``timeout`` s."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    error: type[Exception] = TimeoutError,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; raise ``error`` after
+    ``timeout`` s."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -26,7 +32,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if result:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
 
@@ -46,7 +52,8 @@ def accepts(port: int) -> bool:
 
 
 class Process:
-    """A subprocess in its own session (so its children stop with it), output to a log."""
+    """A subprocess in its own session (so its children stop with it), output to a log.
+    (The test suite's fixtures use tests/conftest.py's restartable ``Process``.)"""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
