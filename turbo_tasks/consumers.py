@@ -70,8 +70,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(conf.get("GROUP_REFRESH_SECONDS"))
             try:
                 for group in list(self.subscriptions):
-                    async with _group_slot():
-                        await self.channel_layer.group_add(group, self.channel_name)
+                    await self._join(group)
             except Exception:
                 logger.exception("turbo_tasks: could not refresh group memberships")
 
@@ -79,8 +78,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         self._refresher.cancel()
         if self.channel_layer is not None:
             for group in self.subscriptions:
-                async with _group_slot():
-                    await self.channel_layer.group_discard(group, self.channel_name)
+                await self._leave(group)
         self.subscriptions = {}
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -119,8 +117,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if not await _allowed(stream, user):
             return await self._reply("rejected", stream=name, reason="forbidden")
         self.subscriptions[group] = {name}
-        async with _group_slot():
-            await self.channel_layer.group_add(group, self.channel_name)
+        await self._join(group)
         await self._reply("subscribed", stream=name)
 
     async def _unsubscribe(self, name: str) -> None:
@@ -129,8 +126,15 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 names.discard(name)
                 if not names:
                     del self.subscriptions[group]
-                    async with _group_slot():
-                        await self.channel_layer.group_discard(group, self.channel_name)
+                    await self._leave(group)
+
+    async def _join(self, group: str) -> None:
+        async with _group_slot():
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _leave(self, group: str) -> None:
+        async with _group_slot():
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in its one thread-sensitive executor before
