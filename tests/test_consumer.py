@@ -28,7 +28,8 @@ from tests.testapp.models import Room
 from tests.testapp.streams import NotificationStream
 from turbo_tasks import conf
 from turbo_tasks.consumers import TurboStreamsConsumer
-from turbo_tasks.streams import Stream, registry
+from turbo_tasks.registry import registry
+from turbo_tasks.streams import Stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -154,8 +155,7 @@ def private_room(alice):
 def exploding_stream():
     registry.register(ExplodingStream, "testapp")
     yield ExplodingStream()
-    del registry._by_name["testapp.ExplodingStream"]
-    del registry._names[ExplodingStream]
+    registry.unregister(ExplodingStream)
 
 
 # -- subscribe and forward -----------------------------------------------------------------
@@ -282,6 +282,33 @@ async def test_subscribe_unknown_stream_or_arguments_is_rejected_and_socket_stay
     async with connect() as ws:
         assert await subscribe(ws, name) == rejected(name, "unknown_stream")
         await assert_subscribes(ws, room.stream.signed_name)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ["testapp.RoomStream", [None]],  # validly signed, but no row can have a null pk
+        ["testapp.RoomLookupStream", [999_999]],  # its constructor raises DoesNotExist
+    ],
+)
+async def test_subscribe_stream_that_fails_to_build_is_unknown_for_that_stream_only(
+    room, payload, caplog
+):
+    name = sign(payload)
+    async with connect() as ws:
+        assert await subscribe(ws, name) == rejected(name, "unknown_stream")
+        await assert_subscribes(ws, room.stream.signed_name)
+        await push(room.stream)
+        assert await receive(ws) == message(room.stream.signed_name)
+
+
+@pytest.mark.asyncio
+async def test_subscribe_stream_whose_constructor_queries_the_database(room):
+    # It runs in a thread: on the event loop Django would raise SynchronousOnlyOperation.
+    name = sign(["testapp.RoomLookupStream", [room.pk]])
+    async with connect() as ws:
+        assert await subscribe(ws, name) == subscribed(name)
 
 
 @pytest.mark.asyncio
@@ -533,6 +560,42 @@ async def test_group_membership_is_refreshed_before_the_layer_forgets_it(room):
                 await asyncio.sleep(0.05)
             await push(stream)
             assert (await receive(ws))["type"] == "message"
+
+
+@pytest.mark.asyncio
+async def test_refresher_never_rejoins_a_group_unsubscribed_meanwhile(rooms):
+    layer = get_channel_layer()
+    real_group_add, joins = layer.group_add, []
+
+    async def slow_group_add(group, channel):
+        # A round trip to Redis: the refresher yields here, and the socket's unsubscribe
+        # runs meanwhile.
+        joins.append(group)
+        await asyncio.sleep(0.02)
+        await real_group_add(group, channel)
+
+    a, b = rooms[0].stream, rooms[1].stream
+    with (
+        override_settings(TURBO_TASKS={"GROUP_REFRESH_SECONDS": 0.001}),
+        mock.patch.object(layer, "group_add", slow_group_add),
+    ):
+        async with connect() as ws:
+            name_a, name_b = a.signed_name, b.signed_name
+            await assert_subscribes(ws, name_a)
+            await assert_subscribes(ws, name_b)
+            # Unsubscribe while the refresher is busy re-adding a, with b still to do.
+            for _ in range(500):
+                if joins and joins[-1] == a.group_name:
+                    break
+                await asyncio.sleep(0.001)
+            await send(ws, "unsubscribe", name_b)
+            done = len(joins)
+            for _ in range(500):  # let the refresher run a few more rounds
+                if joins.count(a.group_name) - joins[:done].count(a.group_name) >= 3:
+                    break
+                await asyncio.sleep(0.005)
+            assert b.group_name not in layer.groups
+            assert b.group_name not in joins[done:]
 
 
 def refresh_tasks():

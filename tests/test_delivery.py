@@ -3,6 +3,7 @@ real worker when jobs arrive twice or out of order."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -10,8 +11,10 @@ import pytest
 from django.db import OperationalError, connections
 
 from tests.testapp.models import Message, Room
-from turbo_tasks import delivery, layers, tasks
-from turbo_tasks.signals import snapshot
+from tests.testapp.streams import MessageStream
+from turbo_tasks import delivery, jobs, layers, tasks
+from turbo_tasks.exceptions import DeliveryFailed, HookError, InvalidJob
+from turbo_tasks.jobs import snapshot
 from turbo_tasks.tasks import deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +29,7 @@ def delete(message):
         "action": "delete",
         "model": "testapp.message",
         "pk": message.pk,
-        "fields": snapshot(message),
+        "fields": snapshot(message, MessageStream.snapshot_attnames),
     }
 
 
@@ -102,7 +105,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
             )
 
     message.delete()
-    steps = delivery._plan([job])
+    steps = delivery._plan([job], "default")
     steps[0].stream_class = Spy
     delivery._run(steps[0], {}, "default", [])
     assert seen["pk"] == job["pk"]
@@ -133,7 +136,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
         ),
         (
             [{"action": "save", "model": "testapp.message", "pk": "abc", "created": True}],
-            "job 0: 'pk' 'abc' is not a valid pk",
+            "job 0: 'pk': 'abc' does not fit testapp.Message.id",
         ),
         (
             [{"action": "save", "model": "testapp.message", "pk": 1, "created": "yes"}],
@@ -143,7 +146,44 @@ def test_delete_hook_sees_the_row_as_it_was(room):
             [{"action": "delete", "model": "testapp.message", "pk": 1}],
             "job 0: 'fields' must be an object",
         ),
+        (
+            [{"action": "save", "model": "testapp.message", "pk": 2**64, "created": True}],
+            f"job 0: 'pk': {2**64} is out of range for testapp.Message.id (BigAutoField)",
+        ),
+        (
+            [{"action": "delete", "model": "testapp.message", "pk": 1, "fields": {"room_id": "x"}}],
+            "job 0: 'fields.room_id': 'x' does not fit testapp.Room.id (BigAutoField): "
+            "“x” value must be an integer.",
+        ),
+        (
+            [{"action": "delete", "model": "testapp.message", "pk": 1, "fields": {"id": 2**70}}],
+            f"job 0: 'fields.id': {2**70} is out of range for testapp.Message.id",
+        ),
         ([{"action": "broadcast", "stream": "x"}], "job 0: 'stream' must be"),
+        (
+            [
+                {
+                    "action": "broadcast",
+                    "stream": {"stream": "x.Nope", "args": [], "kwargs": {}},
+                    "turbo_action": "remove",
+                    "target": "x",
+                }
+            ],
+            "job 0: 'stream' {'stream': 'x.Nope', 'args': [], 'kwargs': {}}: No stream named",
+        ),
+        (
+            [
+                {
+                    "action": "broadcast",
+                    "stream": {"stream": "testapp.RoomStream", "args": [1], "kwargs": {}},
+                    "turbo_action": "append",
+                    "target": "x",
+                    "template": "chat/message.html",
+                    "context": {"m": [{"__turbo_model__": "testapp.message", "pk": "one"}]},
+                }
+            ],
+            "job 0: 'context.m[0].pk': 'one' does not fit testapp.Message.id",
+        ),
         (
             [
                 {
@@ -158,9 +198,25 @@ def test_delete_hook_sees_the_row_as_it_was(room):
     ],
 )
 def test_malformed_jobs_fail_at_once_naming_the_field(jobs, error):
-    with pytest.raises(delivery.InvalidJob) as excinfo:
+    with pytest.raises(InvalidJob) as excinfo:
         delivery.render(jobs)
     assert str(excinfo.value).startswith(error)
+
+
+def test_context_dict_using_the_reserved_key_travels_as_a_plain_dict(room):
+    lookalike = {"__turbo_model__": "auth.user", "pk": 1}
+    encoded = jobs.encode_context({"data": lookalike, "nested": [{"x": lookalike}]})
+    decoded = jobs.decode_context(json.loads(json.dumps(encoded)), "default")
+    assert decoded == {"data": lookalike, "nested": [{"x": lookalike}]}
+
+
+def test_context_model_instances_travel_as_references(room):
+    encoded = jobs.encode_context({"room": room, "rooms": [room]})
+    assert encoded["room"] == {"__turbo_model__": "testapp.room", "pk": room.pk}
+    assert jobs.decode_context(json.loads(json.dumps(encoded)), "default") == {
+        "room": room,
+        "rooms": [room],
+    }
 
 
 def test_hook_error_still_delivers_the_other_rows(room, monkeypatch):
@@ -303,7 +359,7 @@ def test_frames_for_streams_nobody_watches_are_not_rendered(layer, room):
         "template": "does/not/exist.html",
     }
     assert delivery.deliver([job]) == 0
-    with pytest.raises(delivery.HookError, match="TemplateDoesNotExist"):
+    with pytest.raises(HookError, match="TemplateDoesNotExist"):
         layers.run(layer.group_add(room.stream.group_name, "specific.test!watcher"))
         try:
             delivery.deliver([job])
@@ -323,5 +379,5 @@ def test_a_database_error_closes_the_connection_before_the_retry(monkeypatch, se
 
     monkeypatch.setattr(delivery, "deliver", broken)
     result = tasks.deliver.apply(args=([],))
-    assert isinstance(result.result, tasks.DeliveryFailed)
+    assert isinstance(result.result, DeliveryFailed)
     assert closed == ["default", "default"]  # the first attempt and its one retry

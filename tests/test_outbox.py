@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tests.conftest import celery_app, free_port
 from tests.testapp.models import Message, Room
-from turbo_tasks import outbox
+from turbo_tasks import outbox, publish
 from turbo_tasks.models import OutboxJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,8 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def durable(broker):
-    settings = {"QUEUE": broker.queue, "PUBLISH_MODE": "outbox", "OUTBOX_RELAY_AGE": 0}
-    with override_settings(TURBO_TASKS=settings):
+    with override_settings(TURBO_TASKS=durable_settings(broker)):
         yield broker
 
 
@@ -115,14 +114,14 @@ def test_relay_takes_over_expired_claims_but_not_live_ones(durable):
         claimed_until=now + timedelta(seconds=60),
     )
     sent: list[dict] = []
-    assert outbox.relay_once(send=lambda jobs, using: sent.extend(jobs) or True) == 1
+    assert outbox.relay_once(send=lambda jobs, using: sent.extend(jobs) or len(jobs)) == 1
     assert sent == [{"n": 1}]
     assert list(OutboxJob.objects.values_list("job", flat=True)) == [{"n": 2}]
 
 
 def test_failed_relay_publish_releases_the_rows(durable):
     OutboxJob.objects.create(job={"n": 1})
-    assert outbox.relay_once(send=lambda jobs, using: False) == 0
+    assert outbox.relay_once(send=lambda jobs, using: 0) == 0
     assert list(OutboxJob.objects.values_list("claim", flat=True)) == [None]
 
 
@@ -134,7 +133,7 @@ def test_concurrent_relays_publish_each_row_once(durable):
     def send(jobs, using):
         with lock:
             sent.extend(job["n"] for job in jobs)
-        return True
+        return len(jobs)
 
     def relay():
         try:
@@ -174,3 +173,66 @@ def test_broker_outage_then_relay_delivers_the_frame(ws_client, room):
             )
         finally:
             stop.set()
+
+
+def test_failed_chunk_releases_only_the_unsent_rows(durable, room, monkeypatch):
+    real_publish, calls = publish.publish, []
+
+    def second_chunk_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("broker went away after the first chunk")
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(publish, "publish", second_chunk_fails)
+    settings = {"QUEUE": durable.queue, "PUBLISH_MODE": "outbox", "MAX_JOBS_PER_MESSAGE": 2}
+    with override_settings(TURBO_TASKS=settings), transaction.atomic():
+        messages = [Message.objects.create(room=room, text=str(i)) for i in range(5)]
+    assert [job["pk"] for job in durable.jobs()] == [m.pk for m in messages[:2]]
+    assert [row["pk"] for row in OutboxJob.objects.values_list("job", flat=True)] == [
+        m.pk for m in messages[2:]
+    ]
+    assert OutboxJob.objects.filter(claim__isnull=False).count() == 0  # free for the relay
+
+    assert outbox.relay_once() == 3
+    assert [job["pk"] for job in durable.jobs()] == [m.pk for m in messages]  # each once
+
+
+class ReadReplicaRouter:
+    """The primary/replica router of Django's multi-database docs: reads go to "other"."""
+
+    def db_for_read(self, model, **hints):
+        return "other"
+
+    def db_for_write(self, model, **hints):
+        return "default"
+
+    def allow_migrate(self, db, app_label, **hints):
+        return True
+
+
+def test_relay_sweeps_the_routers_write_database_only(durable):
+    with override_settings(DATABASE_ROUTERS=[ReadReplicaRouter()]):
+        assert outbox.relay_databases() == ["default"]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_relay_skips_configured_databases_without_the_table(durable, caplog):
+    without_table = {**durable_settings(durable), "OUTBOX_DATABASES": ["default", "other"]}
+    outbox._tables_seen.clear()
+    with connections["other"].schema_editor() as editor:
+        editor.delete_model(OutboxJob)
+    try:
+        with (
+            override_settings(TURBO_TASKS=without_table),
+            caplog.at_level(logging.WARNING, logger="turbo_tasks"),
+        ):
+            assert outbox.relay_databases() == ["default"]
+    finally:
+        with connections["other"].schema_editor() as editor:
+            editor.create_model(OutboxJob)
+    assert "database 'other' has no turbo_tasks_outboxjob table" in caplog.text
+
+
+def durable_settings(broker) -> dict:
+    return {"QUEUE": broker.queue, "PUBLISH_MODE": "outbox", "OUTBOX_RELAY_AGE": 0}

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from tests.conftest import celery_app, free_port
-from tests.testapp.models import Message, Room, Unstreamed
+from tests.testapp.models import Member, Message, Room, Unstreamed
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -158,6 +158,13 @@ def test_delete_job_carries_a_snapshot(broker, room):
     assert delete_job["fields"]["created_at"].startswith(str(message.created_at.year))
 
 
+def test_delete_job_snapshot_leaves_out_credentials(broker, room):
+    member = Member.objects.create(room=room, name="ann", password="pbkdf2$x", api_token="t0k")
+    pk = member.pk
+    member.delete()
+    assert broker.jobs()[-1]["fields"] == {"id": pk, "room_id": room.pk, "name": "ann"}
+
+
 def test_models_without_hooks_publish_nothing(broker, room):
     # RoomStream defines no on_save/on_delete; Unstreamed has no stream at all.
     Room.objects.create(name="another")
@@ -253,7 +260,7 @@ def test_publish_failure_never_breaks_the_write(room, caplog):
     finally:
         celery_app.set_current()
     assert Message.objects.filter(pk=message.pk, text="still saved").exists()
-    [record] = [r for r in caplog.records if r.name == "turbo_tasks.signals"]
+    [record] = [r for r in caplog.records if r.name == "turbo_tasks.publish"]
     assert record.levelno == logging.ERROR
     payload = json.loads(record.getMessage().split("would keep them): ", 1)[1])
     assert payload == {

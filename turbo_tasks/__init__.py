@@ -9,8 +9,8 @@ Declare streams in ``<app>/streams.py``::
             model = Message
 """
 
-from turbo_tasks.rendering import ACTIONS
-from turbo_tasks.streams import Broadcast, ModelStream, Stream
+from turbo_tasks.rendering import ACTIONS, Broadcast
+from turbo_tasks.streams import ModelStream, Stream
 
 APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE = ACTIONS
 

@@ -9,8 +9,8 @@ class TurboTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from turbo_tasks import checks, signals, streams
+        from turbo_tasks import checks, registry, signals
 
         checks.register()
-        streams.autodiscover()
-        signals.connect_receivers(streams.registry.model_streams())
+        registry.autodiscover()
+        signals.connect_receivers(registry.registry.model_streams())

@@ -8,17 +8,10 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from turbo_tasks import conf
+from turbo_tasks import _compat, conf
 
 IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 REDIS_CORE_LAYER = "channels_redis.core.RedisChannelLayer"
-# How long channels_redis blocks on BZPOPMIN in receive() (RedisChannelLayer.brpop_timeout).
-BRPOP_SECONDS = 5
-DEFAULT_SOCKET_TIMEOUT: float | None
-try:
-    from redis._defaults import DEFAULT_SOCKET_TIMEOUT  # redis-py >= 8
-except ImportError:  # older redis-py: no socket timeout by default
-    DEFAULT_SOCKET_TIMEOUT = None
 
 
 def register() -> None:
@@ -48,6 +41,11 @@ _VALUE_RULES: list[tuple[str, str, Any]] = [
     ("OUTBOX_RELAY_AGE", "a number of seconds >= 0", lambda v: _number(v) and v >= 0),
     ("OUTBOX_RELAY_INTERVAL", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("OUTBOX_CLAIM_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
+    (
+        "OUTBOX_DATABASES",
+        "None or a list of database aliases",
+        lambda v: v is None or (isinstance(v, list) and all(a in settings.DATABASES for a in v)),
+    ),
     ("PUBLISH_RETRY_POLICY", "a dict of kombu retry_policy options", lambda v: isinstance(v, dict)),
 ]
 
@@ -63,7 +61,7 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
             checks.Error(
                 f"Unknown TURBO_TASKS key(s): {', '.join(unknown)}.",
                 hint=f"Allowed keys: {', '.join(conf.DEFAULTS)}.",
-                id="turbo_tasks.E001",
+                id="turbo_tasks.E005",
             )
         )
     for key, rule, valid in _VALUE_RULES:
@@ -71,7 +69,7 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         if not valid(value):
             errors.append(
                 checks.Error(
-                    f"TURBO_TASKS[{key!r}] must be {rule}, not {value!r}.", id="turbo_tasks.E001"
+                    f"TURBO_TASKS[{key!r}] must be {rule}, not {value!r}.", id="turbo_tasks.E006"
                 )
             )
     return errors
@@ -108,10 +106,10 @@ def check_channel_layer(**kwargs: Any) -> list[checks.CheckMessage]:
     if backend == REDIS_CORE_LAYER and any(_times_out_while_blocking(h) for h in hosts):
         return [
             checks.Error(
-                f"Channel layer {alias!r}: its Redis socket timeout (redis-py 8's default is "
-                f"{DEFAULT_SOCKET_TIMEOUT}s) is not longer than channels_redis blocks waiting "
-                f"for a message ({BRPOP_SECONDS}s), so every idle websocket is closed with a "
-                f"TimeoutError.",
+                f"Channel layer {alias!r}: its Redis socket timeout (redis-py's default is "
+                f"{_compat.redis_default_socket_timeout()}s) is not longer than channels_redis "
+                f"blocks waiting for a message ({_compat.blocking_receive_seconds()}s), so "
+                f"every idle websocket is closed with a TimeoutError.",
                 hint="Give each host a longer socket timeout: 'hosts': [{'address': "
                 "REDIS_URL, 'socket_timeout': 15}].",
                 id="turbo_tasks.E004",
@@ -121,8 +119,8 @@ def check_channel_layer(**kwargs: Any) -> list[checks.CheckMessage]:
 
 
 def _times_out_while_blocking(host: dict[str, Any]) -> bool:
-    timeout = host.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
-    return timeout is not None and timeout <= BRPOP_SECONDS
+    timeout = host.get("socket_timeout", _compat.redis_default_socket_timeout())
+    return timeout is not None and timeout <= _compat.blocking_receive_seconds()
 
 
 def _hosts(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     # Outbox: seconds between relay sweeps, and how long a publisher owns claimed rows.
     "OUTBOX_RELAY_INTERVAL": 2,
     "OUTBOX_CLAIM_SECONDS": 60,
+    # Outbox: the databases the relay sweeps (None: the router's db_for_write for the
+    # outbox table). List every database whose writes broadcast in outbox mode.
+    "OUTBOX_DATABASES": None,
     # Outbox: run the relay in a thread of every Celery worker (or use turbo_tasks_relay).
     "OUTBOX_RELAY_IN_WORKER": True,
     # Web: publish with one LPUSH of a standard Celery message when the broker is plain

@@ -13,7 +13,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from turbo_tasks import conf
-from turbo_tasks.streams import Stream, StreamRejected, resolve_signed_name
+from turbo_tasks.exceptions import StreamRejected
+from turbo_tasks.registry import resolve_signed_name
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         # group -> the signed names this socket subscribed to it with
         self.subscriptions: dict[str, set[str]] = {}
+        # Held while a group change and the membership check before it must not be
+        # interleaved with the refresher (which runs beside the receive loop).
+        self._membership = asyncio.Lock()
         self._refresher = asyncio.create_task(self._refresh_groups())
         await super().connect()
 
@@ -70,7 +74,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(conf.get("GROUP_REFRESH_SECONDS"))
             try:
                 for group in list(self.subscriptions):
-                    await self._join(group)
+                    async with self._membership:
+                        # Unsubscribed while an earlier group was being re-added?
+                        if group in self.subscriptions:
+                            await self._join(group)
             except Exception:
                 logger.exception("turbo_tasks: could not refresh group memberships")
 
@@ -103,9 +110,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self._unsubscribe(name)
 
     async def _subscribe(self, name: str) -> None:
+        user = self.scope.get("user") or AnonymousUser()
         try:
-            stream = resolve_signed_name(name)
-            group = stream.group_name
+            group, allowed = await _authorize(name, user)
         except StreamRejected as exc:
             return await self._reply("rejected", stream=name, reason=exc.reason)
         if group in self.subscriptions:
@@ -113,11 +120,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return await self._reply("subscribed", stream=name)
         if len(self.subscriptions) >= conf.get("MAX_SUBSCRIPTIONS_PER_SOCKET"):
             return await self._reply("rejected", stream=name, reason="too_many_subscriptions")
-        user = self.scope.get("user") or AnonymousUser()
-        if not await _allowed(stream, user):
+        if not allowed:
             return await self._reply("rejected", stream=name, reason="forbidden")
-        self.subscriptions[group] = {name}
-        await self._join(group)
+        async with self._membership:
+            self.subscriptions[group] = {name}
+            await self._join(group)
         await self._reply("subscribed", stream=name)
 
     async def _unsubscribe(self, name: str) -> None:
@@ -125,8 +132,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if name in names:
                 names.discard(name)
                 if not names:
-                    del self.subscriptions[group]
-                    await self._leave(group)
+                    async with self._membership:
+                        del self.subscriptions[group]
+                        await self._leave(group)
 
     async def _join(self, group: str) -> None:
         async with _group_slot():
@@ -159,10 +167,23 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
 
 @database_sync_to_async
-def _allowed(stream: Stream, user: Any) -> bool:
+def _authorize(name: str, user: Any) -> tuple[str, bool]:
+    """Resolve a signed name to its group and run the stream's permission check.
+
+    In a thread: a stream's constructor and ``user_passes_test`` are user code that may
+    query the database. Any failure to resolve the name is ``unknown_stream`` for that
+    stream alone; a crashing check refuses, and neither touches the socket.
+    """
     try:
-        return bool(stream.user_passes_test(user))
+        stream = resolve_signed_name(name)
+        group = stream.group_name
+    except StreamRejected:
+        raise
     except Exception:
-        # A crashing check must refuse, not leak, and must not kill the socket.
+        logger.exception("turbo_tasks: a validly signed stream name failed to resolve")
+        raise StreamRejected("unknown_stream") from None
+    try:
+        return group, bool(stream.user_passes_test(user))
+    except Exception:
         logger.exception("turbo_tasks: %r.user_passes_test raised; refusing", stream)
-        return False
+        return group, False

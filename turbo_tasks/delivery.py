@@ -13,39 +13,22 @@ from typing import Any
 from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
-from django.db.models.base import DEFERRED
 
-from turbo_tasks import layers, rendering
-from turbo_tasks.streams import (
-    Broadcast,
-    ModelStream,
-    collector,
-    decode_context,
-    registry,
-    stream_from_ref,
-)
+from turbo_tasks import jobs as job_format
+from turbo_tasks import layers, signing
+from turbo_tasks.exceptions import HookError, InvalidJob
+from turbo_tasks.jobs import BroadcastJob
+from turbo_tasks.registry import registry, stream_from_ref
+from turbo_tasks.rendering import Broadcast
+from turbo_tasks.streams import ModelStream, collector
 
 logger = logging.getLogger(__name__)
-
-Job = dict[str, Any]
-
-
-# Far above what a publisher sends (MAX_JOBS_PER_MESSAGE); a bound for hand-edited args.
-MAX_JOBS_PER_TASK = 100_000
-
-
-class InvalidJob(ValueError):
-    """A job payload that can never succeed (e.g. edited by hand); not worth retrying."""
-
-
-class HookError(Exception):
-    """One or more hooks raised; the other jobs' frames were still delivered."""
 
 
 @dataclass
 class Delivery:
     broadcasts: list[Broadcast] = field(default_factory=list)
-    errors: list[tuple[Job, BaseException]] = field(default_factory=list)
+    errors: list[tuple[Any, BaseException]] = field(default_factory=list)
 
 
 @dataclass
@@ -54,99 +37,58 @@ class _RowStep:
     stream_class: type[ModelStream]
     pk: Any
     created: bool | None = None  # None: no save since the last delete
-    deleted: Job | None = None
+    deleted: models.Model | None = None  # rebuilt from the delete's snapshot
 
 
-# -- validation ------------------------------------------------------------------------
-
-
-def _model_stream(job: Job, index: int) -> tuple[type[models.Model], type[ModelStream]]:
-    label = job.get("model")
-    if not isinstance(label, str):
-        raise InvalidJob(f"job {index}: 'model' must be an app_label.model_name string")
+def _model_stream(label: str, where: str) -> tuple[type[models.Model], type[ModelStream]]:
     try:
         model = apps.get_model(label)
     except (LookupError, ValueError):
-        raise InvalidJob(f"job {index}: unknown model {label!r}") from None
+        raise InvalidJob(f"{where}: unknown model {label!r}") from None
     stream_class = registry.for_model(model)
     if stream_class is None:
-        raise InvalidJob(f"job {index}: model {label!r} has no ModelStream")
+        raise InvalidJob(f"{where}: model {label!r} has no ModelStream")
     return model, stream_class
-
-
-def _check(job: Any, index: int) -> None:
-    if not isinstance(job, dict):
-        raise InvalidJob(f"job {index}: must be an object, not {type(job).__name__}")
-    action = job.get("action")
-    if action in ("save", "delete"):
-        if type(job.get("pk")) not in (int, str):
-            raise InvalidJob(f"job {index}: 'pk' must be an integer or a string")
-        if action == "save" and not isinstance(job.get("created"), bool):
-            raise InvalidJob(f"job {index}: 'created' must be true or false")
-        if action == "delete" and not isinstance(job.get("fields"), dict):
-            raise InvalidJob(f"job {index}: 'fields' must be an object")
-    elif action == "broadcast":
-        ref = job.get("stream")
-        if not (
-            isinstance(ref, dict)
-            and isinstance(ref.get("stream"), str)
-            and isinstance(ref.get("args"), list)
-            and isinstance(ref.get("kwargs"), dict)
-        ):
-            raise InvalidJob(f"job {index}: 'stream' must be {{stream, args, kwargs}}")
-        try:
-            rendering.check_action(job.get("turbo_action", ""))
-        except ValueError as exc:
-            raise InvalidJob(f"job {index}: 'turbo_action': {exc}") from None
-        targets = [job.get(k) for k in ("target", "targets") if k in job]
-        if len(targets) != 1 or not isinstance(targets[0], str):
-            raise InvalidJob(f"job {index}: needs one string 'target' or 'targets'")
-        for key in ("template", "text"):
-            if key in job and not isinstance(job[key], str):
-                raise InvalidJob(f"job {index}: {key!r} must be a string")
-        if not isinstance(job.get("context", {}), dict):
-            raise InvalidJob(f"job {index}: 'context' must be an object")
-    else:
-        raise InvalidJob(f"job {index}: 'action' must be save, delete or broadcast")
 
 
 # -- planning -----------------------------------------------------------------------------
 
 
-def _plan(jobs: list[Any]) -> list[_RowStep | Job]:
-    """Coalesce row jobs in order of first appearance.
+def _plan(jobs: Any, using: str) -> list[_RowStep | BroadcastJob]:
+    """Validate every job, then coalesce row jobs in order of first appearance.
 
     Saves of one row merge into one save, created if any of them created it; a delete
     supersedes the saves before it (a save after it, of a re-created row, still runs).
     """
-    if not isinstance(jobs, list):
-        raise InvalidJob(f"jobs must be a list, not {type(jobs).__name__}")
-    if len(jobs) > MAX_JOBS_PER_TASK:
-        raise InvalidJob(f"{len(jobs)} jobs in one task; at most {MAX_JOBS_PER_TASK}")
-    steps: list[_RowStep | Job] = []
+    steps: list[_RowStep | BroadcastJob] = []
     rows: dict[tuple[str, Any], _RowStep] = {}
-    for index, job in enumerate(jobs):
-        _check(job, index)
+    for index, job in enumerate(job_format.validate(jobs)):
+        where = f"job {index}"
         if job["action"] == "broadcast":
+            try:
+                stream_from_ref(job["stream"])
+            except (LookupError, TypeError, ValueError, ValidationError) as exc:
+                raise InvalidJob(f"{where}: 'stream' {job['stream']!r}: {exc}") from None
+            job_format.check_context(job.get("context", {}), where, using)
             steps.append(job)
             continue
-        model, stream_class = _model_stream(job, index)
-        try:
-            pk = model._meta.pk.to_python(job["pk"])
-        except ValidationError:
-            raise InvalidJob(f"job {index}: 'pk' {job['pk']!r} is not a valid pk") from None
+        model, stream_class = _model_stream(job["model"], where)
+        pk = job_format.check_pk(model, job["pk"], f"{where}: 'pk'", using)
         step = rows.get((model._meta.label_lower, pk))
         if step is None:
             step = rows[(model._meta.label_lower, pk)] = _RowStep(model, stream_class, pk)
             steps.append(step)
         if job["action"] == "delete":
-            step.deleted, step.created = job, None
+            step.created = None
+            step.deleted = job_format.rebuild(model, job["fields"], where, using)
         else:
             step.created = job["created"] or bool(step.created)
     return steps
 
 
-def _reload(steps: list[_RowStep | Job], using: str) -> dict[tuple[type, Any], models.Model]:
+def _reload(
+    steps: list[_RowStep | BroadcastJob], using: str
+) -> dict[tuple[type, Any], models.Model]:
     wanted: dict[type[models.Model], list[Any]] = {}
     for step in steps:
         if isinstance(step, _RowStep) and step.created is not None:
@@ -165,23 +107,14 @@ def _foreign_keys(model: type[models.Model]) -> list[str]:
     return [f.name for f in model._meta.concrete_fields if f.many_to_one]
 
 
-def _rebuild(model: type[models.Model], fields: dict[str, Any], using: str) -> models.Model:
-    """The deleted row as it was, from the snapshot taken at delete time."""
-    names, values = [], []
-    for f in model._meta.concrete_fields:
-        names.append(f.attname)
-        values.append(f.to_python(fields[f.attname]) if f.attname in fields else DEFERRED)
-    return model.from_db(using, names, values)
-
-
 # -- running ------------------------------------------------------------------------------
 
 
-def render(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> Delivery:
+def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
     """Run the hooks for ``jobs`` and collect every frame they send (rendered when first
     read, see materialize). Touches no channel layer. Raises InvalidJob for a malformed
     payload before running any hook."""
-    steps = _plan(jobs)
+    steps = _plan(jobs, using)
     rows = _reload(steps, using)
     result = Delivery()
     token = collector.set(result.broadcasts)
@@ -191,7 +124,7 @@ def render(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> Delivery:
                 _run(step, rows, using, result.broadcasts)
             except Exception as exc:
                 job = (
-                    step
+                    job_format.redact([step])[0]
                     if isinstance(step, dict)
                     else {"model": step.model._meta.label_lower, "pk": step.pk}
                 )
@@ -203,7 +136,7 @@ def render(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> Delivery:
 
 
 def _run(
-    step: _RowStep | Job,
+    step: _RowStep | BroadcastJob,
     rows: dict[tuple[type, Any], models.Model],
     using: str,
     out: list[Broadcast],
@@ -212,18 +145,18 @@ def _run(
         out.append(
             Broadcast(
                 stream_from_ref(step["stream"]),
+                signing.group_name(step["stream"]),
                 step["turbo_action"],
                 step.get("target"),
                 step.get("targets"),
                 template=step.get("template"),
-                context=decode_context(step.get("context", {}), using),
+                context=job_format.decode_context(step.get("context", {}), using),
                 text=step.get("text"),
             )
         )
         return
     if step.deleted is not None:
-        instance = _rebuild(step.model, step.deleted["fields"], using)
-        step.stream_class(instance).on_delete(instance)
+        step.stream_class(step.deleted).on_delete(step.deleted)
     if step.created is not None:
         row = rows.get((step.model, step.pk))
         if row is None:
@@ -238,7 +171,7 @@ def _run(
 
 def materialize(
     broadcasts: list[Broadcast],
-    errors: list[tuple[Job, BaseException]],
+    errors: list[tuple[Any, BaseException]],
     groups: set[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Render the frames (only those for ``groups``, when given) as ``(group, html)``;
@@ -255,7 +188,7 @@ def materialize(
     return frames
 
 
-def deliver(jobs: list[Any], using: str = DEFAULT_DB_ALIAS) -> int:
+def deliver(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> int:
     """Run the hooks for ``jobs``, render the frames of streams that have subscribers and
     push them; return the number of frames sent. Frames from hooks that succeeded are
     pushed even when another hook failed; then HookError is raised."""

@@ -19,7 +19,7 @@ from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.core.exceptions import ImproperlyConfigured
 
-from turbo_tasks import conf
+from turbo_tasks import _compat, conf
 
 T = TypeVar("T")
 
@@ -104,8 +104,8 @@ async def _with_members(layer: RedisChannelLayer, groups: set[str]) -> set[str]:
 
     async def count(group: str) -> int:
         async with limit:
-            connection = layer.connection(layer.consistent_hash(group))
-            return int(await connection.zcount(layer._group_key(group), alive_since, "+inf"))
+            redis = _compat.group_connection(layer, group)
+            return int(await redis.zcount(_compat.group_key(layer, group), alive_since, "+inf"))
 
     ordered = sorted(groups)
     counts = await asyncio.gather(*(count(group) for group in ordered))

@@ -13,21 +13,21 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, close_old_connections
-from django.db.models import Q
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections, router
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from turbo_tasks import conf
+from turbo_tasks import conf, publish
+from turbo_tasks.jobs import Job
 
 logger = logging.getLogger(__name__)
 
-Job = dict[str, Any]
-Sender = Callable[[list[Job], str], bool]
+# Sends jobs, returns how many of them (a prefix) were sent: publish.send_jobs.
+Sender = Callable[[Sequence[Job], str], int]
 
 
 def record(job: Job, using: str) -> int:
@@ -37,31 +37,40 @@ def record(job: Job, using: str) -> int:
     return int(OutboxJob._base_manager.using(using).create(job=job).pk)
 
 
-def publish_rows(ids: list[int], jobs: list[Job], using: str, send: Sender) -> None:
-    """After commit: claim these rows, publish their jobs, delete them."""
+def publish_rows(ids: list[int], jobs: list[Job], using: str, send: Sender | None = None) -> None:
+    """After commit: claim these rows, publish their jobs, delete what was published."""
     from turbo_tasks.models import OutboxJob
 
     rows = OutboxJob._base_manager.using(using)
     token = uuid.uuid4()
     until = timezone.now() + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
     claimed = rows.filter(pk__in=ids, claim__isnull=True).update(claim=token, claimed_until=until)
+    pairs: list[tuple[int, Any]] = list(zip(ids, jobs, strict=True))
     if claimed != len(ids):
         # A relay got there first (we were slow); publish only what is ours.
-        jobs = [row.job for row in rows.filter(claim=token).order_by("pk")]
-    if send(jobs, using):
-        rows.filter(claim=token).delete()
-    else:
-        # Leave them for the relay, at once rather than when the claim expires.
+        pairs = list(rows.filter(claim=token).order_by("pk").values_list("pk", "job"))
+    _send_claimed(rows, token, pairs, using, send or publish.send_jobs)
+
+
+def _send_claimed(
+    rows: QuerySet[Any], token: uuid.UUID, pairs: list[tuple[int, Any]], using: str, send: Sender
+) -> int:
+    """Send the claimed ``(row id, job)`` pairs; delete the rows whose jobs went out and
+    release the others to the relay at once (rather than when the claim expires)."""
+    sent = send([job for _, job in pairs], using)
+    if sent:
+        rows.filter(pk__in=[pk for pk, _ in pairs[:sent]]).delete()
+    if sent < len(pairs):
         rows.filter(claim=token).update(claim=None, claimed_until=None)
+    return sent
 
 
 def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int:
     """Publish outbox rows older than ``OUTBOX_RELAY_AGE`` seconds (or whose claim
     expired), in one message per ``MAX_JOBS_PER_MESSAGE``; return how many were published."""
     from turbo_tasks.models import OutboxJob
-    from turbo_tasks.signals import send_jobs
 
-    send = send or send_jobs
+    send = send or publish.send_jobs
     rows = OutboxJob._base_manager.using(using)
     now = timezone.now()
     size = conf.get("MAX_JOBS_PER_MESSAGE")
@@ -81,21 +90,64 @@ def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int
         # The claim repeats the "free" condition: of two relays updating the same rows,
         # the second sees the first one's claim and takes nothing.
         rows.filter(free, pk__in=candidates).update(claim=token, claimed_until=until)
-        claimed = list(rows.filter(claim=token).order_by("pk"))
+        claimed = list(rows.filter(claim=token).order_by("pk").values_list("pk", "job"))
         if not claimed:
             continue
-        if not send([row.job for row in claimed], using):
-            rows.filter(claim=token).update(claim=None, claimed_until=None)
+        sent = _send_claimed(rows, token, claimed, using, send)
+        published += sent
+        if sent:
+            logger.info("turbo_tasks relay published %d outbox job(s) from %r", sent, using)
+        if sent < len(claimed):
             return published
-        rows.filter(claim=token).delete()
-        published += len(claimed)
-        logger.info("turbo_tasks relay published %d outbox job(s) from %r", len(claimed), using)
+
+
+def relay_databases() -> list[str]:
+    """The databases the relay sweeps: ``TURBO_TASKS["OUTBOX_DATABASES"]``, by default the
+    one the database router picks for writing outbox rows; only those that have the
+    outbox table (a replica, or a database the table was never migrated to, is skipped)."""
+    from turbo_tasks.models import OutboxJob
+
+    configured = conf.get("OUTBOX_DATABASES")
+    aliases = [router.db_for_write(OutboxJob)] if configured is None else list(configured)
+    return [alias for alias in aliases if _has_outbox_table(alias)]
+
+
+_tables_seen: set[str] = set()
+
+
+def _has_outbox_table(alias: str) -> bool:
+    from turbo_tasks.models import OutboxJob
+
+    if alias in _tables_seen:
+        return True
+    if not router.allow_migrate_model(alias, OutboxJob):
+        return False
+    try:
+        with connections[alias].cursor() as cursor:
+            tables = connections[alias].introspection.table_names(cursor)
+    except Exception:
+        logger.warning("turbo_tasks relay: cannot list the tables of %r", alias, exc_info=True)
+        return False
+    if OutboxJob._meta.db_table not in tables:
+        logger.warning(
+            "turbo_tasks relay: database %r has no %s table (run migrate); skipping it",
+            alias,
+            OutboxJob._meta.db_table,
+        )
+        return False
+    _tables_seen.add(alias)
+    return True
 
 
 def run_relay(stop: threading.Event, databases: list[str] | None = None) -> None:
     """Relay until ``stop`` is set, every ``OUTBOX_RELAY_INTERVAL`` seconds."""
     while not stop.is_set():
-        for alias in databases or list(settings.DATABASES):
+        try:
+            aliases = databases or relay_databases()
+        except Exception:
+            logger.exception("turbo_tasks outbox relay could not pick its databases")
+            aliases = []
+        for alias in aliases:
             try:
                 relay_once(alias)
             except Exception:

@@ -1,11 +1,14 @@
-"""``<turbo-stream>`` markup."""
+"""``<turbo-stream>`` markup, and the frames a worker renders and pushes."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from django.template.loader import render_to_string
 from django.utils.html import escape
+
+if TYPE_CHECKING:
+    from turbo_tasks.streams import Stream
 
 Action = Literal["append", "prepend", "replace", "update", "before", "after", "remove"]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -68,3 +71,58 @@ def turbo_stream(
     if action == "remove":
         return f"<turbo-stream {attrs}></turbo-stream>"
     return f"<turbo-stream {attrs}><template>{content}</template></turbo-stream>"
+
+
+class Broadcast:
+    """One ``<turbo-stream>`` frame for one stream, as pushed to its Channels group.
+
+    Rendered on first access to ``html``: the worker skips rendering frames for streams
+    nobody is subscribed to.
+    """
+
+    __slots__ = (
+        "_context",
+        "_html",
+        "_template",
+        "_text",
+        "action",
+        "group",
+        "stream",
+        "target",
+        "targets",
+    )
+
+    def __init__(
+        self,
+        stream: Stream,
+        group: str,
+        action: str,
+        target: str | None,
+        targets: str | None,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.stream, self.group = stream, group
+        self.action, self.target, self.targets = action, target, targets
+        self._template, self._context, self._text = template, context, text
+        self._html: str | None = None
+
+    @property
+    def html(self) -> str:
+        if self._html is None:
+            self._html = render_frame(
+                self.action,
+                target=self.target,
+                targets=self.targets,
+                template=self._template,
+                context=self._context,
+                text=self._text,
+            )
+        return self._html
+
+    def __repr__(self) -> str:
+        where = (
+            f"target={self.target!r}" if self.target is not None else f"targets={self.targets!r}"
+        )
+        return f"<Broadcast {self.action} {where} to {self.stream!r}>"

@@ -13,39 +13,39 @@ normally becomes a single message.
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Callable
-from contextvars import ContextVar
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, ClassVar, Protocol
 
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.signals import post_delete, post_save
 
-from turbo_tasks import broker, conf, outbox
-from turbo_tasks.streams import ModelStream, json_value
-
-logger = logging.getLogger(__name__)
-
-Job = dict[str, Any]
-
-# turbo_tasks.testing swaps the publisher to run jobs in-process.
-publisher: ContextVar[Callable[[list[Job], str], None] | None] = ContextVar(
-    "turbo_tasks_publisher", default=None
-)
+from turbo_tasks import _compat, conf, outbox, publish
+from turbo_tasks.jobs import Job, delete_job, save_job
 
 _BATCH_ATTR = "_turbo_tasks_batch"
 
 
-def connect_receivers(model_streams: dict[type[models.Model], type[Any]]) -> None:
+class _HasHooks(Protocol):
+    snapshot_attnames: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def overrides(cls, hook: str) -> bool: ...
+
+
+# model -> the attnames its delete snapshots hold
+_snapshot_attnames: dict[type[models.Model], Collection[str]] = {}
+
+
+def connect_receivers(model_streams: Mapping[type[models.Model], type[_HasHooks]]) -> None:
     """Connect receivers for the models whose stream overrides a hook."""
     for model, stream_class in model_streams.items():
         label = model._meta.label_lower
-        if stream_class.on_save is not ModelStream.on_save:
+        if stream_class.overrides("on_save"):
             post_save.connect(
                 _on_post_save, sender=model, weak=False, dispatch_uid=f"turbo_tasks.save.{label}"
             )
-        if stream_class.on_delete is not ModelStream.on_delete:
+        if stream_class.overrides("on_delete"):
+            _snapshot_attnames[model] = frozenset(stream_class.snapshot_attnames)
             post_delete.connect(
                 _on_post_delete,
                 sender=model,
@@ -64,15 +64,7 @@ def _on_post_save(
 ) -> None:
     if raw:  # loaddata: fixtures are not user-visible changes
         return
-    enqueue(
-        {
-            "action": "save",
-            "model": sender._meta.label_lower,
-            "pk": json_value(instance.pk),
-            "created": bool(created),
-        },
-        using,
-    )
+    enqueue(save_job(instance, created), using)
 
 
 def _on_post_delete(
@@ -81,29 +73,7 @@ def _on_post_delete(
     using: str = DEFAULT_DB_ALIAS,
     **kwargs: Any,
 ) -> None:
-    # Capture now: Django sets instance.pk = None once the delete receivers have run.
-    enqueue(
-        {
-            "action": "delete",
-            "model": sender._meta.label_lower,
-            "pk": json_value(instance.pk),
-            "fields": snapshot(instance),
-        },
-        using,
-    )
-
-
-def snapshot(instance: models.Model) -> dict[str, Any]:
-    """Concrete field values by attname, as JSON primitives."""
-    values = {}
-    for field in instance._meta.concrete_fields:
-        value = field.value_from_object(instance)
-        try:
-            values[field.attname] = json_value(value)
-        except TypeError:
-            # bytes and other values JSON cannot hold: the field's own string form.
-            values[field.attname] = field.value_to_string(instance)
-    return values
+    enqueue(delete_job(instance, _snapshot_attnames[sender]), using)
 
 
 # -- batching --------------------------------------------------------------------------
@@ -167,13 +137,12 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
         _publish_committed([job], [outbox.record(job, using)] if durable else [], using)
         return
     batch: _Batch | None = getattr(conn, _BATCH_ATTR, None)
-    pending = conn.run_on_commit
-    if batch is not None and batch.buckets and pending:
+    if batch is not None and batch.buckets:
         bucket = batch.buckets[-1]
         # Fast path: our bucket is the newest callback (so it is alive) and every open
         # savepoint was already open when it was registered (so it dies with them).
         if (
-            pending[-1][1] is bucket
+            _compat.last_on_commit_callback(conn) is bucket
             and not bucket.done
             and all(sid in bucket.sids for sid in conn.savepoint_ids)
         ):
@@ -189,7 +158,7 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
 def _refresh(conn: Any, batch: _Batch | None, using: str) -> _Batch:
     """Forget buckets Django has dropped and note those that no savepoint can drop."""
     if batch is not None:
-        alive = {id(entry[1]) for entry in conn.run_on_commit}
+        alive = {id(callback) for callback in _compat.on_commit_callbacks(conn)}
         batch.buckets = [b for b in batch.buckets if id(b) in alive and not b.done]
         open_sids = set(conn.savepoint_ids)
         for b in batch.buckets:
@@ -201,46 +170,8 @@ def _refresh(conn: Any, batch: _Batch | None, using: str) -> _Batch:
     return batch
 
 
-# -- publishing -------------------------------------------------------------------------
-
-
 def _publish_committed(jobs: list[Job], outbox_ids: list[int], using: str) -> None:
     if outbox_ids:
-        outbox.publish_rows(outbox_ids, jobs, using, send_jobs)
+        outbox.publish_rows(outbox_ids, jobs, using)
     else:
-        send_jobs(jobs, using)
-
-
-def send_jobs(jobs: list[Job], using: str) -> bool:
-    """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages. Never raises:
-    a failure is logged with the payload and reported by returning False."""
-    if not jobs:
-        return True
-    override = publisher.get()
-    if override is not None:
-        override(jobs, using)
-        return True
-    from celery import current_app
-
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    size = conf.get("MAX_JOBS_PER_MESSAGE")
-    queue = conf.get("QUEUE")
-    durable = conf.get("PUBLISH_MODE") == "outbox"
-    kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
-    for start in range(0, len(jobs), size):
-        chunk = jobs[start : start + size]
-        try:
-            broker.publish(app, chunk, kwargs, queue)
-        except Exception:
-            # The write has committed; breaking the caller now would not undo it.
-            logger.exception(
-                "turbo_tasks could not publish %d broadcast job(s) to queue %r; %s: %s",
-                len(jobs) - start,
-                queue,
-                "they stay in the outbox for the relay"
-                if durable
-                else "these broadcasts are lost (PUBLISH_MODE 'outbox' would keep them)",
-                json.dumps({"jobs": jobs[start:], "using": using}),
-            )
-            return False
-    return True
+        publish.send_jobs(jobs, using)

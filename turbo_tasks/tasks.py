@@ -14,7 +14,8 @@ from celery.signals import worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
 from turbo_tasks import conf, delivery
-from turbo_tasks.broker import readable_args
+from turbo_tasks.exceptions import DeliveryFailed
+from turbo_tasks.publish import TASK_NAME, readable_args
 
 # Transient failures of the channel layer (Redis) and the database: worth a retry.
 RETRYABLE: tuple[type[Exception], ...] = (
@@ -28,13 +29,9 @@ RETRYABLE: tuple[type[Exception], ...] = (
 )
 
 
-class DeliveryFailed(Exception):
-    """Retries ran out; the task ends in FAILURE and can be re-run with the same args."""
-
-
 @shared_task(  # type: ignore[call-overload]  # celery-types lacks retry_on_worker_lost
     bind=True,
-    name="turbo_tasks.deliver",
+    name=TASK_NAME,
     ignore_result=True,
     # Acknowledge after running, so a task whose worker dies is delivered again.
     acks_late=True,
@@ -89,7 +86,7 @@ def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **k
 
         CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route",)
     """
-    if name == "turbo_tasks.deliver":
+    if name == TASK_NAME:
         return {"queue": conf.get("QUEUE")}
     return None
 

@@ -28,7 +28,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from turbo_tasks.streams import Broadcast, Stream
+    from turbo_tasks.jobs import Job
+    from turbo_tasks.rendering import Broadcast
+    from turbo_tasks.streams import Stream
 
 
 def _as_stream(value: Any) -> Stream:
@@ -104,24 +106,24 @@ def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]
     from django.db import DEFAULT_DB_ALIAS
     from django.test import TestCase
 
-    from turbo_tasks import delivery, signals
+    from turbo_tasks import delivery, publish
 
     captured = CapturedBroadcasts()
     errors: list[BaseException] = []
 
-    def run(jobs: list[dict[str, Any]], alias: str) -> None:
+    def run(jobs: list[Job], alias: str) -> None:
         # The same JSON round trip a real message makes.
         result = delivery.render(json.loads(json.dumps(jobs)), alias)
         delivery.materialize(result.broadcasts, result.errors)  # render now, as a worker would
         captured.extend(result.broadcasts)
         errors.extend(exc for _, exc in result.errors)
 
-    token = signals.publisher.set(run)
+    token = publish.publisher.set(run)
     try:
         with TestCase.captureOnCommitCallbacks(using=using or DEFAULT_DB_ALIAS, execute=True):
             yield captured
     finally:
-        signals.publisher.reset(token)
+        publish.publisher.reset(token)
     if errors:
         raise errors[0]
 

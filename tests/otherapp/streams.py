@@ -10,3 +10,17 @@ class AuditedModelStream(turbo.ModelStream):
 
     class Meta:
         abstract = True
+
+
+class TenantStream(turbo.Stream):
+    """An abstract base for per-tenant streams."""
+
+    class Meta:
+        abstract = True
+
+    def __init__(self, tenant_id):
+        self.tenant_id = tenant_id
+
+
+class TeamStream(TenantStream):
+    """Inherits its base's Meta (abstract = True) but is concrete, as with Django models."""

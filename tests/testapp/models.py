@@ -27,3 +27,12 @@ class Gated(models.Model):
     name = models.CharField(max_length=100)
     started_path = models.CharField(max_length=500)
     gate_path = models.CharField(max_length=500)
+
+
+class Member(models.Model):
+    """Holds credentials: its delete snapshots must leave them out."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE)
+    name = models.CharField(max_length=100)
+    password = models.CharField(max_length=128)
+    api_token = models.CharField(max_length=64)

@@ -6,7 +6,7 @@ from pathlib import Path
 import turbo_tasks as turbo
 from tests.otherapp.streams import AnnouncementStream, AuditedModelStream  # noqa: F401
 
-from .models import Gated, Message, Room
+from .models import Gated, Member, Message, Room
 
 
 class RoomStream(turbo.ModelStream):
@@ -60,3 +60,18 @@ class GatedStream(turbo.ModelStream):
                 raise RuntimeError("the test never opened the gate")
             time.sleep(0.05)
         gated.room.stream.append(text=gated.name, id="gated")
+
+
+class MemberStream(turbo.ModelStream):
+    class Meta:
+        model = Member
+
+    def on_delete(self, member, *args, **kwargs):
+        member.room.stream.remove(id=f"member-{member.pk}")
+
+
+class RoomLookupStream(turbo.Stream):
+    """Its constructor queries the database (and raises DoesNotExist for a missing room)."""
+
+    def __init__(self, room_id):
+        self.room = Room.objects.get(pk=room_id)

@@ -6,7 +6,6 @@ import signal
 import threading
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from turbo_tasks import outbox
@@ -25,11 +24,12 @@ class Command(BaseCommand):
             "--database",
             action="append",
             default=[],
-            help="Database alias to relay from (repeatable; default: every database).",
+            help="Database alias to relay from (repeatable; default: TURBO_TASKS"
+            "['OUTBOX_DATABASES'], or the database the router picks for the outbox table).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        databases = options["database"] or list(settings.DATABASES)
+        databases = options["database"] or outbox.relay_databases()
         if options["once"]:
             count = sum(outbox.relay_once(alias) for alias in databases)
             self.stdout.write(f"Published {count} outbox job(s).")

@@ -12,8 +12,8 @@ from celery import Celery
 from celery.signals import before_task_publish
 from django.test import override_settings
 
-from tests.conftest import celery_app
-from turbo_tasks import broker
+from tests.conftest import celery_app, free_port
+from turbo_tasks import publish
 
 JOBS = [{"action": "save", "model": "testapp.message", "pk": 5, "created": True}]
 
@@ -26,12 +26,12 @@ def test_fast_message_matches_celerys_own(redis_client):
     queue = "compare-publish"
     redis_client.delete(queue)
     with override_settings(TURBO_TASKS={"FAST_PUBLISH": False}):
-        broker.publish(celery_app, JOBS, {"using": "other"}, queue)
-    broker.publish(celery_app, JOBS, {"using": "other"}, queue)
+        publish.publish(celery_app, JOBS, {"using": "other"}, queue)
+    publish.publish(celery_app, JOBS, {"using": "other"}, queue)
     slow, fast = raw_messages(redis_client, queue)
     redis_client.delete(queue)
 
-    assert broker._fast_publisher(celery_app) is not None
+    assert publish._fast_publisher(celery_app) is not None
     assert fast.keys() == slow.keys()
     assert fast["headers"].keys() == slow["headers"].keys()
     for key in ("lang", "task", "retries", "argsrepr", "kwargsrepr", "ignore_result"):
@@ -41,7 +41,7 @@ def test_fast_message_matches_celerys_own(redis_client):
     assert set(slow["properties"]) - set(fast["properties"]) == {"argsrepr", "kwargsrepr"}
     assert fast["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
     decode = lambda m: json.loads(base64.b64decode(m["body"]))  # noqa: E731
-    assert decode(fast) == decode(slow) == [[JOBS], {"using": "other"}, broker._EMBED]
+    assert decode(fast) == decode(slow) == [[JOBS], {"using": "other"}, publish._EMBED]
 
 
 def test_publish_signals_in_use_fall_back_to_celery(redis_client):
@@ -52,8 +52,8 @@ def test_publish_signals_in_use_fall_back_to_celery(redis_client):
 
     before_task_publish.connect(receiver)
     try:
-        assert broker._fast_publisher(celery_app) is None
-        broker.publish(celery_app, JOBS, {}, "signal-fallback")
+        assert publish._fast_publisher(celery_app) is None
+        publish.publish(celery_app, JOBS, {}, "signal-fallback")
     finally:
         before_task_publish.disconnect(receiver)
         redis_client.delete("signal-fallback")
@@ -75,18 +75,18 @@ def test_publish_signals_in_use_fall_back_to_celery(redis_client):
 def test_other_brokers_and_options_use_celery(config):
     app = Celery("other", set_as_current=False)
     app.conf.update(config)
-    assert broker._make_publisher(app) is None
+    assert publish._make_publisher(app) is None
 
 
 def test_plain_redis_broker_uses_the_fast_path():
     app = Celery("plain", set_as_current=False, broker="redis://localhost:6379/3")
-    assert isinstance(broker._make_publisher(app), broker.RedisPublisher)
+    assert isinstance(publish._make_publisher(app), publish.RedisPublisher)
 
 
 def test_threads_publish_on_their_own_connections(redis_client):
     queue = "threaded-publish"
     redis_client.delete(queue)
-    publisher = broker._fast_publisher(celery_app)
+    publisher = publish._fast_publisher(celery_app)
     assert publisher is not None
     policy = {"max_retries": 0}
 
@@ -110,7 +110,7 @@ def test_threads_publish_on_their_own_connections(redis_client):
 
 def test_a_dropped_connection_is_reopened(redis_client):
     queue = "reconnect-publish"
-    publisher = broker._fast_publisher(celery_app)
+    publisher = publish._fast_publisher(celery_app)
     assert publisher is not None
     publisher.publish(JOBS, {}, queue, {"max_retries": 0})
     # The server closes every client connection (as a Redis restart or idle timeout does).
@@ -122,3 +122,49 @@ def test_a_dropped_connection_is_reopened(redis_client):
     publisher.publish(JOBS, {}, queue, {"max_retries": 1})  # reconnects within the call
     assert redis_client.llen(queue) == 3
     redis_client.delete(queue)
+
+
+def test_fast_path_publishes_to_broker_write_url(redis_client):
+    # broker_url (for reading) is dead; Celery itself would publish to broker_write_url.
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    app = Celery(
+        "split-broker",
+        set_as_current=False,
+        broker=f"redis://127.0.0.1:{free_port()}/0",
+        broker_write_url=f"redis://127.0.0.1:{port}/0",
+    )
+    queue = "write-url-publish"
+    publish.publish(app, JOBS, {}, queue)
+    assert [m["headers"]["task"] for m in raw_messages(redis_client, queue)] == [
+        "turbo_tasks.deliver"
+    ]
+    redis_client.delete(queue)
+
+
+def test_secret_snapshot_fields_are_masked_in_flowers_args_only(redis_client):
+    queue = "redacted-publish"
+    jobs = [
+        {
+            "action": "delete",
+            "model": "testapp.member",
+            "pk": 1,
+            "fields": {
+                "id": 1,
+                "name": "ann",
+                "password": "pbkdf2_sha256$1$salt$hash",
+                "api_token": "t0k",
+            },
+        }
+    ]
+    publish.publish(celery_app, jobs, {}, queue)
+    [message] = raw_messages(redis_client, queue)
+    redis_client.delete(queue)
+    assert json.loads(message["headers"]["argsrepr"]) == [
+        [
+            {
+                **jobs[0],
+                "fields": {"id": 1, "name": "ann", "password": "********", "api_token": "********"},
+            }
+        ]
+    ]
+    assert json.loads(base64.b64decode(message["body"]))[0] == [jobs]  # the task gets them

@@ -1,4 +1,4 @@
-"""Publishing ``turbo_tasks.deliver`` messages.
+"""Publishing ``turbo_tasks.deliver`` messages: the end of the write path.
 
 ``send_task`` costs about 0.8 ms per call here, several Redis round trips' worth, and it
 runs in the user's commit. With a plain Redis broker we write the same Celery message
@@ -13,36 +13,84 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
+from django.db import DEFAULT_DB_ALIAS
 
 from turbo_tasks import conf
+from turbo_tasks.jobs import Job, redact
+
+logger = logging.getLogger(__name__)
 
 TASK_NAME = "turbo_tasks.deliver"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
 
 
-def readable_args(jobs: list[dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
+# turbo_tasks.testing swaps the publisher to run jobs in-process.
+publisher: ContextVar[Callable[[list[Job], str], None] | None] = ContextVar(
+    "turbo_tasks_publisher", default=None
+)
+
+
+def send_jobs(jobs: Sequence[Job], using: str) -> int:
+    """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages of at most
+    ``MAX_JOBS_PER_MESSAGE`` jobs each. Never raises: returns how many of ``jobs`` (a
+    prefix) were sent, and logs the rest with their payload when a publish fails."""
+    if not jobs:
+        return 0
+    override = publisher.get()
+    if override is not None:
+        override(list(jobs), using)
+        return len(jobs)
+    from celery import current_app
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    size = conf.get("MAX_JOBS_PER_MESSAGE")
+    queue = conf.get("QUEUE")
+    kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
+    for start in range(0, len(jobs), size):
+        try:
+            publish(app, list(jobs[start : start + size]), kwargs, queue)
+        except Exception:
+            # The write has committed; breaking the caller now would not undo it.
+            logger.exception(
+                "turbo_tasks could not publish %d broadcast job(s) to queue %r; %s: %s",
+                len(jobs) - start,
+                queue,
+                "they stay in the outbox for the relay"
+                if conf.get("PUBLISH_MODE") == "outbox"
+                else "these broadcasts are lost (PUBLISH_MODE 'outbox' would keep them)",
+                json.dumps({"jobs": redact(list(jobs[start:])), "using": using}),
+            )
+            return start
+    return len(jobs)
+
+
+def readable_args(jobs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Message options that show the arguments whole, as JSON, in Flower: a re-run through
     Flower's API (or ``turbo_tasks_rerun``) needs them complete, and Celery's default repr
-    is cut at 1024 characters."""
+    is cut at 1024 characters. Secret-looking snapshot fields and context keys are masked
+    (``turbo_tasks.jobs.redact``)."""
     return {
-        "argsrepr": json.dumps([jobs], separators=(",", ":")),
+        "argsrepr": json.dumps([redact(jobs)], separators=(",", ":")),
         "kwargsrepr": json.dumps(kwargs, separators=(",", ":")),
     }
 
 
-def publish(app: Celery, jobs: list[dict[str, Any]], kwargs: dict[str, Any], queue: str) -> None:
+def publish(app: Celery, jobs: list[Job], kwargs: dict[str, Any], queue: str) -> None:
     """Publish one ``turbo_tasks.deliver(jobs, **kwargs)`` message to ``queue``; raises on
     failure after ``PUBLISH_RETRY_POLICY``."""
     policy = conf.get("PUBLISH_RETRY_POLICY")
@@ -106,11 +154,13 @@ class RedisPublisher:
         template = self.templates[queue] = (headers_head, headers_tail, properties_tail)
         return template
 
-    def message(self, jobs: list[dict[str, Any]], kwargs: dict[str, Any], queue: str) -> bytes:
+    def message(self, jobs: list[Job], kwargs: dict[str, Any], queue: str) -> bytes:
         # Runs in the user's commit, once per transaction: one dump of the jobs.
         headers_head, headers_tail, properties_tail = self._template(queue)
         task_id = str(uuid.uuid4())
         jobs_json = json.dumps(jobs, separators=(",", ":"))
+        shown = redact(jobs)
+        shown_json = jobs_json if shown is jobs else json.dumps(shown, separators=(",", ":"))
         kwargs_json = json.dumps(kwargs, separators=(",", ":")) if kwargs else "{}"
         body = base64.b64encode(f"[[{jobs_json}],{kwargs_json},{_EMBED_JSON}]".encode())
         return b"".join(
@@ -122,7 +172,7 @@ class RedisPublisher:
                     f'{headers_head}{task_id}","shadow":null,"eta":null,"expires":null,'
                     f'"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
                     f'"root_id":"{task_id}","parent_id":null,'
-                    f'"argsrepr":{json.dumps(f"[{jobs_json}]")},'
+                    f'"argsrepr":{json.dumps(f"[{shown_json}]")},'
                     f'"kwargsrepr":{json.dumps(kwargs_json)},{headers_tail}{task_id}",'
                 ).encode(),
                 properties_tail,
@@ -142,7 +192,7 @@ class RedisPublisher:
 
     def publish(
         self,
-        jobs: list[dict[str, Any]],
+        jobs: list[Job],
         kwargs: dict[str, Any],
         queue: str,
         policy: dict[str, Any],
@@ -183,7 +233,9 @@ def _fast_publisher(app: Celery) -> RedisPublisher | None:
 
 
 def _make_publisher(app: Celery) -> RedisPublisher | None:
-    url, options = app.conf.broker_url, dict(app.conf.broker_transport_options or {})
+    # Celery publishes to broker_write_url when one is set (broker_url is then for reading).
+    url = app.conf.broker_write_url or app.conf.broker_url
+    options = dict(app.conf.broker_transport_options or {})
     if (
         not isinstance(url, str)
         or not url.startswith("redis://")

@@ -1,0 +1,59 @@
+"""The third-party internals turbo_tasks relies on, each behind one small function.
+
+tests/test_compat.py pins every behaviour used here against the installed versions, so an
+upgrade that changes one fails there, by name, instead of somewhere downstream. (kombu's
+Redis message layout, which turbo_tasks.publish writes itself, is pinned by
+tests/test_publish.py against ``send_task``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from channels_redis.core import RedisChannelLayer
+
+# -- Django: transaction.on_commit bookkeeping ----------------------------------------------
+
+
+def on_commit_callbacks(connection: Any) -> list[Callable[[], Any]]:
+    """The callbacks pending on ``connection``, oldest first (Django keeps
+    ``(savepoint_ids, callback, robust)`` tuples in ``connection.run_on_commit``)."""
+    return [entry[1] for entry in connection.run_on_commit]
+
+
+def last_on_commit_callback(connection: Any) -> Callable[[], Any] | None:
+    pending = connection.run_on_commit
+    return pending[-1][1] if pending else None
+
+
+# -- channels_redis: where a group lives --------------------------------------------------
+
+
+def group_key(layer: RedisChannelLayer, group: str) -> bytes:
+    """The Redis key of ``group``'s sorted set (members scored by join time)."""
+    key: bytes = layer._group_key(group)
+    return key
+
+
+def group_connection(layer: RedisChannelLayer, group: str) -> Any:
+    """The redis-py client of the shard (``hosts`` entry) that holds ``group``."""
+    return layer.connection(layer.consistent_hash(group))
+
+
+def blocking_receive_seconds() -> float:
+    """How long channels_redis blocks in one BZPOPMIN while a consumer waits for a message."""
+    return float(RedisChannelLayer.brpop_timeout)
+
+
+# -- redis-py: default socket timeout -----------------------------------------------------
+
+
+def redis_default_socket_timeout() -> float | None:
+    """redis-py's socket timeout when a connection sets none: 5 s since redis-py 8, None
+    (wait forever) before."""
+    try:
+        from redis._defaults import DEFAULT_SOCKET_TIMEOUT
+    except ImportError:
+        return None
+    return None if DEFAULT_SOCKET_TIMEOUT is None else float(DEFAULT_SOCKET_TIMEOUT)
