@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "turbo_tasks"
 # About 400, as STYLE.md asks (channels' largest module, layers.py, has 417).
 MAX_LINES = 420
@@ -84,3 +86,10 @@ def test_modules_stay_readable() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_every_package_data_pattern_matches_a_file() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["turbo_tasks"]
+    assert [p for p in patterns if not list(PACKAGE.glob(p))] == []
