@@ -6,15 +6,22 @@ import asyncio
 import json
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from turbo_tasks import conf
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.registry import resolve_signed_name
+
+if TYPE_CHECKING:
+    # channels has no type hints; its database_sync_to_async is a SyncToAsync subclass with
+    # the same signature (it only closes old DB connections around the call), so type
+    # checkers see asgiref's typed base class instead.
+    from asgiref.sync import SyncToAsync as database_sync_to_async
+else:
+    from channels.db import database_sync_to_async
 
 logger = logging.getLogger(__name__)
 
