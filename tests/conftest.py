@@ -188,10 +188,18 @@ class WsClient:
         self.frames.append(frame)
         return frame
 
-    def subscribe(self, signed_name: str, timeout: float = 30) -> dict[str, Any]:
-        self.send({"type": "subscribe", "stream": signed_name})
+    def subscribe(
+        self, signed_name: str, timeout: float = 30, since: str | None = None
+    ) -> dict[str, Any]:
+        """Subscribe; return the answer (``subscribed`` or ``rejected``). Frames replayed
+        before it stay in ``frames``."""
+        frame: dict[str, Any] = {"type": "subscribe", "stream": signed_name}
+        if since is not None:
+            frame["since"] = since
+        self.send(frame)
         return self.wait(
-            lambda f: f.get("stream") == signed_name and f["type"] != "message", timeout
+            lambda f: f.get("stream") == signed_name and f["type"] in ("subscribed", "rejected"),
+            timeout,
         )
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:

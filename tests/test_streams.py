@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.template import Context, Template, TemplateSyntaxError
@@ -11,7 +13,7 @@ import turbo_tasks as turbo
 from tests.otherapp.streams import AnnouncementStream, AuditedModelStream, TeamStream, TenantStream
 from tests.testapp.models import Member, Message, Room
 from tests.testapp.streams import MemberStream, MessageStream, NotificationStream, RoomStream
-from turbo_tasks import checks
+from turbo_tasks import checks, history
 from turbo_tasks.jobs import is_secret, snapshot_attnames
 from turbo_tasks.registry import Registry, is_abstract, registry, resolve_signed_name
 from turbo_tasks.rendering import turbo_stream
@@ -291,19 +293,33 @@ def test_secret_field_names(name, secret):
 # -- template tag -------------------------------------------------------------------------
 
 
-def test_turbo_subscribe_renders_one_element_per_stream():
+ELEMENT = re.compile(
+    r'<turbo-channels-stream-source signed-stream-name="([^"]+)"(?: since="([^"]+)")?>'
+    r"</turbo-channels-stream-source>"
+)
+
+
+@pytest.mark.usefixtures("redis_server")
+def test_turbo_subscribe_renders_one_element_per_stream_with_its_offset():
     room, note = Room(pk=3), NotificationStream(5)
     html = Template("{% load turbo_tasks %}{% turbo_subscribe room note %}").render(
         Context({"room": room, "note": note})
     )
-    names = [s.signed_name for s in (room.stream, note)]
+    elements = ELEMENT.findall(html)
+    assert "".join(m[0] for m in ELEMENT.finditer(html)) == html
     # Signed names embed a timestamp; compare what they resolve to.
-    parts = html.split("</turbo-channels-stream-source>")
-    assert parts[-1] == ""
-    assert len(parts) == 3
-    for part, name in zip(parts[:2], names, strict=True):
-        signed = part.removeprefix('<turbo-channels-stream-source signed-stream-name="')[:-2]
-        assert resolve_signed_name(signed) == resolve_signed_name(name)
+    assert [resolve_signed_name(name) for name, _ in elements] == [room.stream, note]
+    assert all(history.parse(since) for _, since in elements)
+
+
+@override_settings(TURBO_TASKS={"HISTORY_LENGTH": 0})
+def test_turbo_subscribe_without_catch_up_renders_no_offset_and_needs_no_redis():
+    html = Template("{% load turbo_tasks %}{% turbo_subscribe room %}").render(
+        Context({"room": Room(pk=3)})
+    )
+    [(name, since)] = ELEMENT.findall(html)
+    assert since == ""
+    assert resolve_signed_name(name) == Room(pk=3).stream
 
 
 def test_turbo_subscribe_rejects_other_values():

@@ -30,6 +30,11 @@ def last_on_commit_callback(connection: Any) -> Callable[[], Any] | None:
 # -- channels_redis: where a group lives --------------------------------------------------
 
 
+def is_redis_core_layer(layer: Any) -> bool:
+    """channels_redis' RedisChannelLayer, whose groups are sorted sets we can read."""
+    return isinstance(layer, RedisChannelLayer)
+
+
 def group_key(layer: RedisChannelLayer, group: str) -> bytes:
     """The Redis key of ``group``'s sorted set (members scored by join time)."""
     key: bytes = layer._group_key(group)
@@ -39,6 +44,34 @@ def group_key(layer: RedisChannelLayer, group: str) -> bytes:
 def group_connection(layer: RedisChannelLayer, group: str) -> Any:
     """The redis-py client of the shard (``hosts`` entry) that holds ``group``."""
     return layer.connection(layer.consistent_hash(group))
+
+
+_sync_pools: dict[tuple[int, int], Any] = {}
+
+
+def sync_client(layer: RedisChannelLayer, index: int) -> Any:
+    """A synchronous redis-py client for shard ``index`` of ``layer``, configured from the
+    same ``hosts`` entry as channels_redis' own (asyncio) pool for that shard."""
+    key = (id(layer), index)
+    pool = _sync_pools.get(key)
+    if pool is None:
+        import redis
+        import redis.sentinel
+
+        host = dict(layer.hosts[index])
+        if "address" in host:
+            pool = redis.ConnectionPool.from_url(host.pop("address"), **host)
+        elif "master_name" in host:
+            sentinel = redis.sentinel.Sentinel(
+                host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None)
+            )
+            pool = redis.sentinel.SentinelConnectionPool(host.pop("master_name"), sentinel, **host)
+        else:
+            pool = redis.ConnectionPool(**host)
+        _sync_pools[key] = pool
+    import redis
+
+    return redis.Redis(connection_pool=pool)
 
 
 def blocking_receive_seconds() -> float:

@@ -28,6 +28,8 @@ _VALUE_RULES: list[tuple[str, str, Any]] = [
     ("MAX_JOBS_PER_MESSAGE", "a positive integer", lambda v: type(v) is int and v > 0),
     ("MAX_SUBSCRIPTIONS_PER_SOCKET", "a positive integer", lambda v: type(v) is int and v > 0),
     ("MAX_FRAME_SIZE", "a positive integer", lambda v: type(v) is int and v > 0),
+    ("HISTORY_LENGTH", "an integer >= 0", lambda v: type(v) is int and v >= 0),
+    ("HISTORY_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("GROUP_REFRESH_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("MAX_RETRIES", "an integer >= 0", lambda v: type(v) is int and v >= 0),
     ("RETRY_BACKOFF", "a number of seconds > 0", lambda v: _number(v) and v > 0),

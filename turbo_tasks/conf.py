@@ -20,6 +20,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_JOBS_PER_MESSAGE": 1000,
     # Subscriptions one websocket may hold at once.
     "MAX_SUBSCRIPTIONS_PER_SOCKET": 100,
+    # Catch-up: frames kept per stream for pages that reconnect or subscribe late, and for
+    # how long (seconds). A page rendered with a stream counts as watching it that long.
+    # HISTORY_LENGTH = 0 turns catch-up off.
+    "HISTORY_LENGTH": 200,
+    "HISTORY_SECONDS": 600,
     # Seconds between re-adding a socket to its groups (channels_redis drops members
     # after its group_expiry, 86400 s by default); keep it well below that.
     "GROUP_REFRESH_SECONDS": 3600,

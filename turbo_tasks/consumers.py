@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
-from turbo_tasks import conf
+from turbo_tasks import conf, history
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.registry import resolve_signed_name
 
@@ -43,11 +43,14 @@ def _group_slot() -> asyncio.Semaphore:
 
 
 class TurboStreamsConsumer(AsyncWebsocketConsumer):
-    """One socket, any number of stream subscriptions.
+    """One socket, any number of stream subscriptions (docs/protocol.md).
 
-    Client → server: ``{"type": "subscribe"|"unsubscribe", "stream": "<signed name>"}``.
-    Server → client: ``subscribed``, ``rejected`` (with a ``reason``), ``message`` (with the
-    ``<turbo-stream>`` ``html``) and ``error`` for malformed frames; the socket stays open.
+    Client → server: ``{"type": "subscribe", "stream": "<signed name>", "since": "<offset>"}``
+    (``since`` optional) and ``{"type": "unsubscribe", "stream": …}``.
+    Server → client: ``message`` (the ``<turbo-stream>`` ``html`` and its ``offset``), first
+    the frames after ``since`` from the stream's history, then ``subscribed`` (with the
+    current ``offset``) and live frames; ``reset`` when the history cannot serve ``since``;
+    ``rejected`` (with a ``reason``); ``error`` for malformed frames, the socket stays open.
     """
 
     @property
@@ -66,8 +69,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 refresher.cancel()
 
     async def connect(self) -> None:
-        # group -> the signed names this socket subscribed to it with
-        self.subscriptions: dict[str, set[str]] = {}
+        # group -> {signed name: the (inc, seq) it was caught up to when it subscribed}:
+        # live frames at or below that mark were replayed already (or were before since).
+        self.subscriptions: dict[str, dict[str, tuple[str, int] | None]] = {}
         # Held while a group change and the membership check before it must not be
         # interleaved with the refresher (which runs beside the receive loop).
         self._membership = asyncio.Lock()
@@ -91,8 +95,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self._refresher.cancel()
         if self.channel_layer is not None:
+            # The page may be reconnecting: keep what it misses meanwhile in the history.
+            watched = history.enabled(self.channel_layer)
             for group in self.subscriptions:
-                await self._leave(group)
+                await self._leave(group, keep_watched=watched)
         self.subscriptions = {}
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -111,33 +117,49 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return await self._error("type must be 'subscribe' or 'unsubscribe'")
         if not isinstance(name, str) or not name:
             return await self._error("stream must be a signed stream name (a string)")
-        if kind == "subscribe":
-            await self._subscribe(name)
-        else:
-            await self._unsubscribe(name)
+        if kind == "unsubscribe":
+            return await self._unsubscribe(name)
+        since = frame.get("since")
+        if since is not None and not isinstance(since, str):
+            return await self._error("since must be an offset (a string)")
+        await self._subscribe(name, since)
 
-    async def _subscribe(self, name: str) -> None:
+    async def _subscribe(self, name: str, since: str | None) -> None:
         user = self.scope.get("user") or AnonymousUser()
         try:
             group, allowed = await _authorize(name, user)
         except StreamRejected as exc:
             return await self._reply("rejected", stream=name, reason=exc.reason)
-        if group in self.subscriptions:
-            self.subscriptions[group].add(name)
-            return await self._reply("subscribed", stream=name)
-        if len(self.subscriptions) >= conf.get("MAX_SUBSCRIPTIONS_PER_SOCKET"):
+        limit = conf.get("MAX_SUBSCRIPTIONS_PER_SOCKET")
+        if group not in self.subscriptions and len(self.subscriptions) >= limit:
             return await self._reply("rejected", stream=name, reason="too_many_subscriptions")
         if not allowed:
             return await self._reply("rejected", stream=name, reason="forbidden")
         async with self._membership:
-            self.subscriptions[group] = {name}
-            await self._join(group)
-        await self._reply("subscribed", stream=name)
+            if group not in self.subscriptions:
+                self.subscriptions[group] = {}
+                # Join before reading the history: a frame pushed in between is in both,
+                # and the mark below drops the live copy.
+                await self._join(group)
+            self.subscriptions[group][name] = None
+        if not history.enabled(self.channel_layer):
+            return await self._reply("subscribed", stream=name)
+        # Live frames for this group wait while we read: a consumer handles one event at
+        # a time, so none can slip past the mark.
+        wanted = history.parse(since)
+        status, current, entries = await history.read(self.channel_layer, group, wanted)
+        if since is not None and (wanted is None or status == "reset"):
+            await self._reply("reset", stream=name)
+        for offset, html in entries:
+            await self._reply("message", stream=name, html=html, offset=offset)
+        if name in self.subscriptions.get(group, {}) and since is not None:
+            self.subscriptions[group][name] = history.parse(current)
+        await self._reply("subscribed", stream=name, offset=current)
 
     async def _unsubscribe(self, name: str) -> None:
         for group, names in list(self.subscriptions.items()):
             if name in names:
-                names.discard(name)
+                del names[name]
                 if not names:
                     async with self._membership:
                         del self.subscriptions[group]
@@ -147,9 +169,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         async with _group_slot():
             await self.channel_layer.group_add(group, self.channel_name)
 
-    async def _leave(self, group: str) -> None:
+    async def _leave(self, group: str, keep_watched: bool = False) -> None:
         async with _group_slot():
             await self.channel_layer.group_discard(group, self.channel_name)
+            if keep_watched:
+                await history.left(self.channel_layer, group)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in its one thread-sensitive executor before
@@ -163,8 +187,18 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def turbo_message(self, event: dict[str, Any]) -> None:
         """A frame from a worker, for one group."""
-        for name in sorted(self.subscriptions.get(event.get("group", ""), ())):
-            await self._reply("message", stream=name, html=event["html"])
+        names = self.subscriptions.get(event.get("group", ""))
+        if not names:
+            return
+        offset = event.get("offset")
+        if offset is None:  # catch-up is off
+            for name in sorted(names):
+                await self._reply("message", stream=name, html=event["html"])
+            return
+        inc, seq = history.parse(offset) or ("", 0)
+        for name, mark in sorted(names.items()):
+            if mark is None or mark[0] != inc or seq > mark[1]:
+                await self._reply("message", stream=name, html=event["html"], offset=offset)
 
     async def _reply(self, kind: str, **fields: Any) -> None:
         await self.send(text_data=json.dumps({"type": kind, **fields}))

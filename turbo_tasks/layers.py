@@ -19,7 +19,7 @@ from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.core.exceptions import ImproperlyConfigured
 
-from turbo_tasks import _compat, conf
+from turbo_tasks import _compat, conf, history
 
 T = TypeVar("T")
 
@@ -76,8 +76,9 @@ def get_layer() -> Any:
 
 
 def groups_with_subscribers(layer: Any, groups: set[str]) -> set[str]:
-    """The groups that have at least one live member (all of them, for layers that cannot
-    tell), so frames nobody would receive are never rendered."""
+    """The groups that have at least one live member, or (with catch-up on) whose stream a
+    page rendered within the history window; all of them, for layers that cannot tell. So
+    frames nobody would receive are never rendered."""
     if not groups or not isinstance(layer, RedisChannelLayer):
         return groups
     now, seen = time.monotonic(), _state().seen
@@ -101,15 +102,19 @@ async def _with_members(layer: RedisChannelLayer, groups: set[str]) -> set[str]:
     # Members older than group_expiry are dead: group_send would discard them too.
     alive_since = int(time.time()) - layer.group_expiry
     limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+    watched = history.enabled(layer)
 
-    async def count(group: str) -> int:
+    async def wanted(group: str) -> bool:
         async with limit:
+            if watched:
+                return await history.wanted(layer, group)
             redis = _compat.group_connection(layer, group)
-            return int(await redis.zcount(_compat.group_key(layer, group), alive_since, "+inf"))
+            key = _compat.group_key(layer, group)
+            return bool(await redis.zcount(key, alive_since, "+inf"))
 
     ordered = sorted(groups)
-    counts = await asyncio.gather(*(count(group) for group in ordered))
-    return {group for group, members in zip(ordered, counts, strict=True) if members}
+    found = await asyncio.gather(*(wanted(group) for group in ordered))
+    return {group for group, yes in zip(ordered, found, strict=True) if yes}
 
 
 def push(layer: Any, frames: list[tuple[str, str]]) -> None:
@@ -124,13 +129,16 @@ def push(layer: Any, frames: list[tuple[str, str]]) -> None:
 
 async def _send_all(layer: Any, by_group: dict[str, list[str]]) -> None:
     limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+    keep = history.enabled(layer)
 
     async def send_group(group: str, frames: list[str]) -> None:
         async with limit:
             for i in range(0, len(frames), MAX_FRAMES_PER_MESSAGE):
                 html = "".join(frames[i : i + MAX_FRAMES_PER_MESSAGE])
-                await layer.group_send(
-                    group, {"type": "turbo.message", "group": group, "html": html}
-                )
+                event = {"type": "turbo.message", "group": group, "html": html}
+                if keep:
+                    # In the history first: a page that joins between the two replays it.
+                    event["offset"] = await history.append(layer, group, html)
+                await layer.group_send(group, event)
 
     await asyncio.gather(*(send_group(group, frames) for group, frames in by_group.items()))

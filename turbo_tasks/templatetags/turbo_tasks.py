@@ -6,9 +6,10 @@ from typing import Any
 
 from django import template
 from django.templatetags.static import static
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
 
+from turbo_tasks import history, layers
 from turbo_tasks.streams import Stream
 
 register = template.Library()
@@ -28,15 +29,38 @@ def _stream(value: Any) -> Stream:
 
 @register.simple_tag
 def turbo_subscribe(*streams: Any) -> SafeString:
-    """``{% turbo_subscribe room %}`` renders
-    ``<turbo-channels-stream-source signed-stream-name="…"></turbo-channels-stream-source>``
-    for each stream (or model instance); the element subscribes this page to it."""
+    """``{% turbo_subscribe room %}`` renders, for each stream (or model instance)::
+
+        <turbo-channels-stream-source signed-stream-name="…" since="…">
+        </turbo-channels-stream-source>
+
+    (on one line). The element subscribes this page to the stream; ``since`` is the
+    stream's current offset, so a change committed between this render and the subscribe
+    is replayed (no ``since`` with catch-up off). One Redis round trip for all of them.
+    """
     if not streams:
         raise template.TemplateSyntaxError("turbo_subscribe needs at least one stream.")
-    return format_html_join(
-        "",
-        '<turbo-channels-stream-source signed-stream-name="{}"></turbo-channels-stream-source>',
-        ((_stream(value).signed_name,) for value in streams),
+    resolved = [_stream(value) for value in streams]
+    layer = layers.get_layer()
+    offsets: dict[str, str] = {}
+    if history.enabled(layer):
+        offsets = history.current_offsets(layer, [stream.group_name for stream in resolved])
+    return mark_safe(  # each part is built by format_html
+        "".join(_element(stream.signed_name, offsets.get(stream.group_name)) for stream in resolved)
+    )
+
+
+def _element(signed_name: str, since: str | None) -> str:
+    if since is None:
+        return format_html(
+            '<turbo-channels-stream-source signed-stream-name="{}"></turbo-channels-stream-source>',
+            signed_name,
+        )
+    return format_html(
+        '<turbo-channels-stream-source signed-stream-name="{}" since="{}">'
+        "</turbo-channels-stream-source>",
+        signed_name,
+        since,
     )
 
 

@@ -1,0 +1,262 @@
+"""Catch-up: each stream's recent frames, their offsets, and replay after a gap.
+
+A page must not miss a change committed after it was rendered, even when its socket was
+down meanwhile. So the worker appends every frame to its stream's *history* before pushing
+it to the group, the consumer joins the group before reading the history, and a subscribe
+carries ``since``, the offset of the last frame the page applied (or, first, the offset
+``{% turbo_subscribe %}`` rendered into the page).
+
+Per stream, in the channel layer's Redis, on the shard that holds the stream's group:
+
+- ``<prefix>:turbo_tasks:meta:<group>``, a hash: ``inc`` (a random token made when the hash
+  is created), ``seq`` (frames pushed so far) and ``watched`` (until when, in ms, a page
+  rendered with this stream counts as watching it). It lives ``META_SECONDS`` after its
+  last use, so a quiet stream keeps its offsets across socket drops.
+- ``<prefix>:turbo_tasks:history:<group>``, a list of ``"<seq> <ms> <html>"`` entries: at
+  most ``HISTORY_LENGTH`` of them, none older than ``HISTORY_SECONDS``.
+
+An offset is ``"<inc>.<seq>"``. ``inc`` plays the role of an epoch: when Redis loses the
+hash (a flush, a restart without persistence) the next use makes a new token, and every
+offset of the old one is recognised as unusable, never mistaken for a recent one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from turbo_tasks import _compat, conf
+
+# A stream's offsets survive this long after its last frame, render or subscribe.
+META_SECONDS = 86_400
+_OFFSET = re.compile(r"^([0-9a-f]{16})\.(\d{1,18})$")
+
+# KEYS: meta, history. ARGV: html, length, seconds, new inc, meta seconds.
+_PUSH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local inc = redis.call('HGET', KEYS[1], 'inc')
+if not inc then
+  inc = ARGV[4]
+  redis.call('HSET', KEYS[1], 'inc', inc, 'seq', 0)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('RPUSH', KEYS[2], seq .. ' ' .. now .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+local cutoff = now - tonumber(ARGV[3]) * 1000
+while true do
+  local head = redis.call('LINDEX', KEYS[2], 0)
+  if not head then break end
+  local _, _, stamp = string.find(head, '^%d+ (%d+) ')
+  if tonumber(stamp) >= cutoff then break end
+  redis.call('LPOP', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 1000)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {inc, seq}
+"""
+
+# KEYS: meta, history. ARGV: since inc ('' for none), since seq, new inc, meta seconds,
+# watch seconds. Returns {inc, seq, status, entries...}: status 'live' (no since), 'ok'
+# (the entries after since follow) or 'reset' (the history cannot serve since).
+_READ = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local inc = redis.call('HGET', KEYS[1], 'inc')
+if not inc then
+  inc = ARGV[3]
+  redis.call('HSET', KEYS[1], 'inc', inc, 'seq', 0)
+end
+redis.call('HSET', KEYS[1], 'watched', now + tonumber(ARGV[5]) * 1000)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+if ARGV[1] == '' then return {inc, seq, 'live'} end
+local since = tonumber(ARGV[2])
+if ARGV[1] ~= inc or since > seq then return {inc, seq, 'reset'} end
+if since == seq then return {inc, seq, 'ok'} end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return {inc, seq, 'reset'} end
+local _, _, first = string.find(head, '^(%d+) ')
+first = tonumber(first)
+if first > since + 1 then return {inc, seq, 'reset'} end
+local out = {inc, seq, 'ok'}
+for _, entry in ipairs(redis.call('LRANGE', KEYS[2], since + 1 - first, -1)) do
+  table.insert(out, entry)
+end
+return out
+"""
+
+# KEYS: metas. ARGV: one new inc per key, then watch seconds, meta seconds.
+_WATCH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS
+local until_ms = now + tonumber(ARGV[n + 1]) * 1000
+local out = {}
+for i, key in ipairs(KEYS) do
+  local inc = redis.call('HGET', key, 'inc')
+  if not inc then
+    inc = ARGV[i]
+    redis.call('HSET', key, 'inc', inc, 'seq', 0)
+  end
+  redis.call('HSET', key, 'watched', until_ms)
+  redis.call('EXPIRE', key, ARGV[n + 2])
+  out[i] = inc .. '.' .. redis.call('HGET', key, 'seq')
+end
+return out
+"""
+
+# KEYS: group, meta. ARGV: alive since (s). 1 when the group has a live member, or a page
+# rendered or subscribed with the stream within the watch window. Otherwise the frame is
+# not rendered, and the stream's seq moves on anyway: a page that comes back with an older
+# since then finds a hole and gets reset, instead of silently missing the change.
+_WATCHED = """
+if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') > 0 then return 1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local watched = tonumber(redis.call('HGET', KEYS[2], 'watched') or '0')
+if watched > now then return 1 end
+if watched > 0 then redis.call('HINCRBY', KEYS[2], 'seq', 1) end
+return 0
+"""
+
+# KEYS: metas. ARGV: watch seconds. A socket that leaves keeps its streams watched for
+# the window, so what it misses while reconnecting is rendered into the history.
+_TOUCH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'watched', now + tonumber(ARGV[1]) * 1000)
+  end
+end
+return 0
+"""
+
+
+def enabled(layer: Any) -> bool:
+    """Catch-up needs ``HISTORY_LENGTH`` > 0 and the channels_redis core layer (whose
+    group keys tell where a stream's history lives)."""
+    return bool(conf.get("HISTORY_LENGTH")) and _compat.is_redis_core_layer(layer)
+
+
+def offset(inc: str, seq: int) -> str:
+    return f"{inc}.{seq}"
+
+
+def parse(value: Any) -> tuple[str, int] | None:
+    """``(inc, seq)`` of a well-formed offset, else None."""
+    match = _OFFSET.match(value) if isinstance(value, str) else None
+    return (match[1], int(match[2])) if match else None
+
+
+def _keys(layer: Any, group: str) -> tuple[str, str]:
+    return (
+        f"{layer.prefix}:turbo_tasks:meta:{group}",
+        f"{layer.prefix}:turbo_tasks:history:{group}",
+    )
+
+
+def _new_inc() -> str:
+    return secrets.token_hex(8)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- worker ------------------------------------------------------------------------------
+
+
+async def append(layer: Any, group: str, html: str) -> str:
+    """Append one frame to ``group``'s history; return its offset. Call before pushing."""
+    connection = _compat.group_connection(layer, group)
+    inc, seq = await connection.eval(
+        _PUSH,
+        2,
+        *_keys(layer, group),
+        html,
+        conf.get("HISTORY_LENGTH"),
+        conf.get("HISTORY_SECONDS"),
+        _new_inc(),
+        META_SECONDS,
+    )
+    return offset(_text(inc), int(seq))
+
+
+async def wanted(layer: Any, group: str) -> bool:
+    """Whether a frame for ``group`` is to be rendered: it has a live member, or a page
+    rendered or subscribed with its stream within the history window (its socket may not
+    have subscribed yet, or be reconnecting). When not, the stream's seq moves on, so an
+    older ``since`` gets ``reset`` rather than silently missing the skipped frame."""
+    alive_since = int(time.time()) - layer.group_expiry
+    meta, _ = _keys(layer, group)
+    connection = _compat.group_connection(layer, group)
+    return bool(
+        await connection.eval(_WATCHED, 2, _compat.group_key(layer, group), meta, alive_since)
+    )
+
+
+# -- consumer ----------------------------------------------------------------------------
+
+
+async def read(
+    layer: Any, group: str, since: tuple[str, int] | None
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """After joining ``group``: ``(status, current offset, entries)`` where status is
+    ``live`` (no since), ``ok`` (entries are ``(offset, html)`` after since, in order) or
+    ``reset`` (the history cannot serve since)."""
+    connection = _compat.group_connection(layer, group)
+    inc_since, seq_since = since if since is not None else ("", 0)
+    result = await connection.eval(
+        _READ,
+        2,
+        *_keys(layer, group),
+        inc_since,
+        seq_since,
+        _new_inc(),
+        META_SECONDS,
+        conf.get("HISTORY_SECONDS"),
+    )
+    inc, seq, status = _text(result[0]), int(result[1]), _text(result[2])
+    entries = []
+    for raw in result[3:]:
+        number, _, rest = _text(raw).partition(" ")
+        entries.append((offset(inc, int(number)), rest.partition(" ")[2]))
+    return status, offset(inc, seq), entries
+
+
+async def left(layer: Any, group: str) -> None:
+    """A socket left ``group`` (it may be reconnecting): keep the stream watched."""
+    meta, _ = _keys(layer, group)
+    connection = _compat.group_connection(layer, group)
+    await connection.eval(_TOUCH, 1, meta, conf.get("HISTORY_SECONDS"))
+
+
+# -- page render -------------------------------------------------------------------------
+
+
+def current_offsets(layer: Any, groups: Iterable[str]) -> dict[str, str]:
+    """The current offset of each group's stream, and mark each as watched for the
+    history window: one Redis round trip per shard involved (one, unsharded)."""
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for group in dict.fromkeys(groups):
+        by_shard[layer.consistent_hash(group)].append(group)
+    offsets: dict[str, str] = {}
+    for index, shard_groups in by_shard.items():
+        client = _compat.sync_client(layer, index)
+        metas = [_keys(layer, group)[0] for group in shard_groups]
+        result = client.eval(
+            _WATCH,
+            len(metas),
+            *metas,
+            *(_new_inc() for _ in metas),
+            conf.get("HISTORY_SECONDS"),
+            META_SECONDS,
+        )
+        offsets.update(zip(shard_groups, (_text(v) for v in result), strict=True))
+    return offsets
