@@ -38,6 +38,8 @@ RETRYABLE: tuple[type[Exception], ...] = (
     reject_on_worker_lost=True,
     retry_on_worker_lost=True,
     max_retries=None,  # bounded by TURBO_TASKS["MAX_RETRIES"] below
+    # Reject a message whose body is malformed instead of dying on it (see _guard).
+    Strategy="turbo_tasks._guard:strategy",
 )
 def deliver(self: Task, jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> int:
     """Run the ModelStream hooks for ``jobs`` and push the frames they send.
