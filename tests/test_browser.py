@@ -42,6 +42,22 @@ class Stack:
     base_url: str
     web: Process
     worker: Process
+    env: dict[str, str]
+
+    def post_as(self, author: str, room: str, texts: list[str]) -> None:
+        """Commit messages from outside the site (one transaction each), as another
+        process of the project would: the web server may be down."""
+        manage(
+            self.env,
+            "shell",
+            "-c",
+            "from example.chat.models import Message, Room\n"
+            "from django.contrib.auth.models import User\n"
+            f"room = Room.objects.get(name={room!r})\n"
+            f"author = User.objects.get(username={author!r})\n"
+            f"for text in {texts!r}:\n"
+            "    Message.objects.create(room=room, author=author, text=text)\n",
+        )
 
     def room_url(self, name: str) -> str:
         client = HttpClient(self.base_url)
@@ -109,7 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         processes.append(web)
         base_url = f"http://127.0.0.1:{port}"
         _wait_for_site(base_url, web)
-        yield Stack(base_url, web, worker)
+        yield Stack(base_url, web, worker, env)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -275,6 +291,97 @@ def test_live_chat_between_members_and_not_to_others(stack: Stack, browser) -> N
     finally:
         for user in (alice, bob, carol):
             user.close()
+
+
+# -- catch-up ------------------------------------------------------------------------------
+
+
+def _member(stack: Stack, browser, name: str, room: str) -> User:  # type: ignore[no-untyped-def]
+    user = User(browser, stack.base_url, name)
+    user.log_in()
+    user.page.goto(room)
+    user.wait_subscribed()
+    user.page.evaluate("window.__marker = 1")
+    return user
+
+
+def _not_reloaded(user: User) -> None:
+    assert user.page.evaluate("window.__marker") == 1, "the page was reloaded"
+
+
+@pytest.mark.browser
+def test_page_shows_what_was_committed_while_the_server_was_down(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    expect.set_options(timeout=TIMEOUT_MS)
+    bob = _member(stack, browser, "bob", stack.room_url("general"))
+    try:
+        stack.web.stop()
+        bob.page.wait_for_selector(f"{SOURCE}:not([connected])", state="attached")
+        texts = [f"while down {i}" for i in range(3)]
+        stack.post_as("alice", "general", texts)
+        stack.restart_web()
+        for text in texts:
+            expect(_message(bob, text)).to_have_count(1)
+        bob.wait_subscribed()
+        _not_reloaded(bob)
+        _screenshot(bob, "07-caught-up-after-outage")
+        assert bob.errors == []
+    finally:
+        bob.close()
+
+
+@pytest.mark.browser
+def test_page_whose_socket_opens_after_a_commit_shows_it(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    expect.set_options(timeout=TIMEOUT_MS)
+    room = stack.room_url("general")
+    bob = User(browser, stack.base_url, "bob")
+    try:
+        bob.log_in()
+        held = {"open": False, "refused": 0}
+
+        def hold(ws) -> None:  # type: ignore[no-untyped-def]
+            if held["open"]:
+                ws.connect_to_server()
+            else:
+                held["refused"] += 1
+                ws.close()
+
+        bob.page.route_web_socket(re.compile(r".*/ws/turbo/$"), hold)
+        bob.page.goto(room)
+        wait_for(lambda: held["refused"] > 0, 30, "the page to try its socket")
+        stack.post_as("alice", "general", ["committed before the socket opened"])
+        held["open"] = True
+        expect(_message(bob, "committed before the socket opened")).to_have_count(1)
+        bob.wait_subscribed()
+        assert bob.errors == []
+    finally:
+        bob.close()
+
+
+@pytest.mark.browser
+def test_page_past_the_history_window_refreshes_itself(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    expect.set_options(timeout=TIMEOUT_MS)
+    bob = _member(stack, browser, "bob", stack.room_url("general"))
+    try:
+        bob.page.evaluate("window.scrollTo(0, 120)")
+        scrolled = bob.page.evaluate("window.scrollY")
+        resets: list[object] = []
+        bob.page.expose_function("__reset", lambda: resets.append(1))
+        bob.page.evaluate("document.addEventListener('turbo-tasks:reset', () => window.__reset())")
+        stack.web.stop()
+        bob.page.wait_for_selector(f"{SOURCE}:not([connected])", state="attached")
+        # More separate commits than the history keeps (HISTORY_LENGTH, 200 by default):
+        # what Bob missed can no longer be replayed.
+        stack.post_as("alice", "general", [f"flood {i}" for i in range(205)])
+        stack.restart_web()
+        expect(_message(bob, "flood 204")).to_have_count(1)  # the refreshed page has it
+        expect(_message(bob, "flood 0")).to_have_count(1)
+        bob.wait_subscribed()
+        assert len(resets) == 1
+        assert bob.page.evaluate("window.scrollY") == scrolled
+        _screenshot(bob, "08-refreshed-after-reset")
+        assert bob.errors == []
+    finally:
+        bob.close()
 
 
 # -- the views over plain HTTP --------------------------------------------------------------

@@ -3,7 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { StreamConnection } from "../../turbo_tasks/static/turbo_tasks/turbo-tasks.js";
+import {
+  StreamConnection, laterOffset, parseOffset,
+} from "../../turbo_tasks/static/turbo_tasks/turbo-tasks.js";
 
 // A tiny deterministic scheduler standing in for setTimeout/clearTimeout.
 class FakeTimers {
@@ -83,6 +85,7 @@ function listener() {
     onSubscribed: () => events.push(["subscribed"]),
     onRejected: (reason) => events.push(["rejected", reason]),
     onDisconnected: () => events.push(["disconnected"]),
+    onReset: () => events.push(["reset"]),
   };
 }
 
@@ -353,4 +356,89 @@ test("no reply is awaited for a name that was unregistered or a socket that was 
   assert.equal(sockets.length, 2);
   timers.advance(2999); // the old socket's timer must not touch the new one
   assert.equal(last().closed, false);
+});
+
+// -- catch-up --------------------------------------------------------------------------
+
+const A = "0123456789abcdef";
+const B = "fedcba9876543210";
+const msg = (stream, html, offset) => ({ type: "message", stream, html, offset });
+
+test("offsets: parsed strictly; the later one of an inc wins; another inc replaces", () => {
+  assert.deepEqual(parseOffset(`${A}.12`), [A, 12n]);
+  for (const bad of [null, "", "x.1", `${A}.`, `${A}.1.2`, `${A}.-1`, 5]) {
+    assert.equal(parseOffset(bad), null, String(bad));
+  }
+  assert.equal(laterOffset(null, `${A}.3`), `${A}.3`);
+  assert.equal(laterOffset(`${A}.3`, `${A}.2`), `${A}.3`, "a late, reordered frame");
+  assert.equal(laterOffset(`${A}.3`, `${A}.10`), `${A}.10`, "compared as numbers");
+  assert.equal(laterOffset(`${A}.3`, `${B}.1`), `${B}.1`);
+  assert.equal(laterOffset(`${A}.3`, "garbage"), `${A}.3`);
+});
+
+test("the first subscribe carries the rendered since; after a reconnect, the last applied offset", () => {
+  const { conn, timers, last } = setup();
+  const a = listener();
+  conn.register("a", a, `${A}.4`);
+  last().open();
+  assert.deepEqual(last().sent, [{ ...sub("a"), since: `${A}.4` }]);
+  last().receive(msg("a", "<p>5</p>", `${A}.5`));
+  last().receive({ type: "subscribed", stream: "a", offset: `${A}.5` });
+  last().receive(msg("a", "<p>7</p>", `${A}.7`));
+  last().receive(msg("a", "<p>6</p>", `${A}.6`)); // two workers: pushed out of order
+  last().serverClose();
+  timers.advance(500);
+  last().open();
+  assert.deepEqual(last().sent, [{ ...sub("a"), since: `${A}.7` }]);
+  assert.deepEqual(a.events.map((e) => e[0]), ["message", "subscribed", "message", "message", "disconnected"]);
+});
+
+test("without catch-up (no offsets) subscribes carry no since", () => {
+  const { conn, timers, last } = setup();
+  conn.register("a", listener());
+  last().open();
+  last().receive({ type: "message", stream: "a", html: "<p>x</p>" });
+  last().serverClose();
+  timers.advance(500);
+  last().open();
+  assert.deepEqual(last().sent, [sub("a")]);
+});
+
+test("reset: listeners reload once, the stream is not caught up until then, and a reconnect meanwhile asks with the same since", () => {
+  const { conn, timers, last } = setup();
+  const a = listener();
+  conn.register("a", a, `${A}.4`);
+  last().open();
+  last().receive({ type: "reset", stream: "a" });
+  last().receive({ type: "subscribed", stream: "a", offset: `${A}.90` });
+  last().receive(msg("a", "<p>91</p>", `${A}.91`)); // applied, but the page is still stale
+  assert.deepEqual(a.events, [["reset"], ["message", "<p>91</p>"]]);
+  last().serverClose();
+  timers.advance(500);
+  last().open();
+  assert.deepEqual(last().sent, [{ ...sub("a"), since: `${A}.4` }]);
+});
+
+test("after a reset, the reloaded page's new since starts the stream over", () => {
+  const { conn, last } = setup();
+  const before = listener();
+  conn.register("a", before, `${A}.4`);
+  last().open();
+  last().receive({ type: "reset", stream: "a" });
+  // The refreshed page renders the same signed name (same second) with a new since.
+  const after = listener();
+  conn.register("a", after, `${A}.95`);
+  assert.deepEqual(last().sent.at(-1), { ...sub("a"), since: `${A}.95` });
+  assert.deepEqual(after.events, []);
+  last().receive({ type: "subscribed", stream: "a", offset: `${A}.95` });
+  assert.deepEqual(after.events, [["subscribed"]]);
+});
+
+test("rebase (a morphed since attribute) re-subscribes from the new offset", () => {
+  const { conn, last } = setup();
+  conn.register("a", listener(), `${A}.4`);
+  last().open();
+  last().receive({ type: "reset", stream: "a" });
+  conn.rebase("a", `${A}.99`);
+  assert.deepEqual(last().sent.at(-1), { ...sub("a"), since: `${A}.99` });
 });

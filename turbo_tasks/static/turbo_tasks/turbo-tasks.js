@@ -7,7 +7,28 @@
 
 // A subscription (one per signed name) is shared by every listener registered for that name.
 // Listener interface (all optional): onMessage(html), onSubscribed(), onRejected(reason),
-// onDisconnected().
+// onReset(), onDisconnected().
+//
+// Catch-up: a subscription remembers the offset of the last frame it applied (at first the
+// `since` the page was rendered with) and re-subscribes with it after every reconnect, so
+// the server replays what the page missed. When the server cannot (`reset`), listeners are
+// told to reload the page's state, and the subscription is not "subscribed" (caught up)
+// until they have.
+
+// "<inc>.<seq>" -> [inc, seq], or null.
+export function parseOffset(value) {
+  const match = typeof value === "string" && /^([0-9a-f]{16})\.(\d{1,18})$/.exec(value);
+  return match ? [match[1], BigInt(match[2])] : null;
+}
+
+// The later of two offsets of one stream; an offset of another inc (the server lost its
+// history and started afresh) replaces the old one.
+export function laterOffset(current, candidate) {
+  const a = parseOffset(current), b = parseOffset(candidate);
+  if (!b) return current;
+  if (!a || a[0] !== b[0] || b[1] > a[1]) return candidate;
+  return current;
+}
 export class StreamConnection {
   constructor({
     url,
@@ -30,8 +51,8 @@ export class StreamConnection {
     // (that throws "Illegal invocation").
     this.setTimeout = (fn, ms) => st(fn, ms);
     this.clearTimeout = (id) => ct(id);
-    // name -> { listeners: Set, state: null | "subscribed" | "rejected", reason, sent,
-    //           unsubscribeTimer, replyTimer }
+    // name -> { listeners: Set, state: null | "subscribed" | "rejected" | "reset", reason,
+    //           sent, offset, unsubscribeTimer, replyTimer }
     this.subscriptions = new Map();
     this.socket = null;
     this.isOpen = false;
@@ -39,11 +60,12 @@ export class StreamConnection {
     this.attempts = 0; // consecutive failed connects since the last successful open
   }
 
-  register(name, listener) {
+  // `since`: the offset the page was rendered with (its `since` attribute), if any.
+  register(name, listener, since = null) {
     let sub = this.subscriptions.get(name);
     if (!sub) {
       sub = {
-        listeners: new Set(), state: null, reason: null, sent: false,
+        listeners: new Set(), state: null, reason: null, sent: false, offset: since || null,
         unsubscribeTimer: null, replyTimer: null,
       };
       this.subscriptions.set(name, sub);
@@ -55,12 +77,25 @@ export class StreamConnection {
       sub.unsubscribeTimer = null;
     }
     sub.listeners.add(listener);
+    // The page was reloaded after a reset and rendered this stream again (within the same
+    // second its signed name is the same): start over from the new render's offset.
+    if (sub.state === "reset" && since && since !== sub.resetSince) this.rebase(name, since);
     if (this.isOpen && !sub.sent) this._subscribe(name, sub);
     // A late joiner must learn the current status; the server will not repeat it.
     if (sub.state === "subscribed") this._call(listener, "onSubscribed");
     else if (sub.state === "rejected") this._call(listener, "onRejected", sub.reason);
+    else if (sub.state === "reset") this._call(listener, "onReset");
     // Lazily (re)open, but never bypass a pending backoff timer.
     if (!this.socket && this.reconnectTimer === null) this._connect();
+  }
+
+  // Catch up from `since` (a new render's offset) instead of the last applied frame.
+  rebase(name, since) {
+    const sub = this.subscriptions.get(name);
+    if (!sub || !since) return;
+    sub.offset = since;
+    sub.state = null;
+    if (this.isOpen) this._subscribe(name, sub);
   }
 
   unregister(name, listener) {
@@ -119,7 +154,9 @@ export class StreamConnection {
     this._drop(ws);
     for (const sub of this.subscriptions.values()) {
       const wasSubscribed = sub.state === "subscribed";
-      sub.state = null;
+      // A reset still waiting for its page refresh stays a reset: the same since will be
+      // refused again after the reconnect, so nothing is marked caught up meanwhile.
+      if (sub.state !== "reset") sub.state = null;
       if (wasSubscribed) for (const l of [...sub.listeners]) this._call(l, "onDisconnected");
     }
     if (this.subscriptions.size > 0) this._scheduleReconnect();
@@ -152,12 +189,14 @@ export class StreamConnection {
 
   _subscribe(name, sub) {
     sub.sent = true;
-    this._send({ type: "subscribe", stream: name });
+    const frame = { type: "subscribe", stream: name };
+    if (sub.offset) frame.since = sub.offset;
+    this._send(frame);
     const ws = this.socket;
     this._stopWaiting(sub);
     sub.replyTimer = this.setTimeout(() => {
       sub.replyTimer = null;
-      if (ws !== this.socket || sub.state !== null) return;
+      if (ws !== this.socket || (sub.state !== null && sub.state !== "reset")) return;
       this.logger?.warn?.("turbo-tasks: no reply to subscribe; reconnecting", name);
       this._onLost(ws);
     }, this.replyTimeout);
@@ -190,10 +229,18 @@ export class StreamConnection {
     if (frame.type === "message") {
       if (typeof frame.html !== "string") return;
       for (const l of listeners) this._call(l, "onMessage", frame.html);
+      // Applied: the next subscribe asks for what follows it.
+      if (sub.state !== "reset") sub.offset = laterOffset(sub.offset, frame.offset);
     } else if (frame.type === "subscribed") {
       this._stopWaiting(sub);
+      if (sub.state === "reset") return; // live again, but stale until the page reloads
       sub.state = "subscribed";
+      sub.offset = laterOffset(sub.offset, frame.offset);
       for (const l of listeners) this._call(l, "onSubscribed");
+    } else if (frame.type === "reset") {
+      sub.state = "reset";
+      sub.resetSince = sub.offset;
+      for (const l of listeners) this._call(l, "onReset");
     } else if (frame.type === "rejected") {
       this._stopWaiting(sub);
       sub.state = "rejected";
@@ -234,10 +281,31 @@ function whenTurboReady() {
   return customElements.whenDefined("turbo-stream").then(() => window.Turbo);
 }
 
+let refreshQueued = false;
+
+function refreshPage(Turbo) {
+  if (refreshQueued || !Turbo) return;
+  refreshQueued = true;
+  // Streams reset by one reconnect arrive in one burst: let them all land first.
+  setTimeout(() => {
+    refreshQueued = false;
+    Turbo.renderStreamMessage('<turbo-stream action="refresh" scroll="preserve"></turbo-stream>');
+  }, 0);
+}
+
 // In Node (unit tests) HTMLElement is undefined; the stand-in keeps the class declarable.
 const Base = globalThis.HTMLElement ?? class {};
 
 export class TurboChannelsStreamSourceElement extends Base {
+  static get observedAttributes() { return ["since"]; }
+
+  // A morphing refresh keeps this element and updates its `since` in place.
+  attributeChangedCallback(attribute, previous, value) {
+    if (attribute === "since" && value && value !== previous && this._connection) {
+      this._connection.rebase(this._name, value);
+    }
+  }
+
   connectedCallback() {
     this.style.display = "none";
     const name = this.getAttribute("signed-stream-name");
@@ -259,7 +327,7 @@ export class TurboChannelsStreamSourceElement extends Base {
       this._turbo = Turbo;
       this._name = name;
       this._connection = getConnection(this.getAttribute("url"));
-      this._connection.register(name, this);
+      this._connection.register(name, this, this.getAttribute("since"));
     });
   }
 
@@ -287,6 +355,15 @@ export class TurboChannelsStreamSourceElement extends Base {
     this.removeAttribute("connected");
     this.setAttribute("data-rejected", reason);
     this._emit("turbo-tasks:rejected", { reason });
+  }
+
+  // The server cannot replay what this page missed: reload the page's state through Turbo
+  // (morphing where the page opts in with <meta name="turbo-refresh-method" content="morph">),
+  // keeping the scroll position. Once per reset, however many streams reset together.
+  onReset() {
+    this.removeAttribute("connected");
+    this._emit("turbo-tasks:reset", {});
+    refreshPage(this._turbo);
   }
 
   onDisconnected() { this.removeAttribute("connected"); }
