@@ -239,6 +239,30 @@ def test_hook_error_still_delivers_the_other_rows(room, monkeypatch):
     ]
 
 
+def test_database_error_inside_a_hook_is_retried_not_a_hook_error(room, monkeypatch):
+    # E.g. message.room loaded lazily while the database restarts: retry the task.
+    message = Message.objects.create(room=room, text="x")
+
+    def on_save(self, message, created, *args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    with pytest.raises(OperationalError):
+        delivery.render([save(message)])
+
+
+def test_database_error_while_rendering_a_template_is_retried(room, monkeypatch):
+    message = Message.objects.create(room=room, text="x")
+
+    def render_frame(*args, **kwargs):
+        raise OperationalError("the database went away mid-render")
+
+    monkeypatch.setattr("turbo_tasks.rendering.render_frame", render_frame)
+    result = delivery.render([save(message, created=True)])
+    with pytest.raises(OperationalError):
+        delivery.materialize(result.broadcasts, result.errors)
+
+
 # -- convergence through the real worker --------------------------------------------------
 
 

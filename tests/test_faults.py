@@ -34,6 +34,8 @@ from tests.conftest import (
 )
 from tests.procs import accepts, free_port
 from tests.testapp.models import Gated, Message, Room
+from turbo_tasks import outbox
+from turbo_tasks.models import OutboxJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -244,3 +246,40 @@ def test_worker_killed_mid_task_is_redelivered(fault_stack, tmp_path: Path):
         "</turbo-stream>"
     )
     assert started.exists()
+
+
+def test_outbox_worker_killed_and_its_message_lost_is_delivered_by_the_relay(
+    fault_stack, tmp_path: Path, redis_client
+):
+    # Worse than test_worker_killed_mid_task_is_redelivered: the broker also loses the
+    # unacknowledged message (a Redis restart in kombu's pop-then-ack window), so only the
+    # outbox row, never confirmed by the killed worker, brings the change back.
+    room = Room.objects.create(name="kill-outbox")
+    client = subscribed_client(fault_stack, room.stream)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    outbox_settings = {**FAULT_SETTINGS, "PUBLISH_MODE": "outbox", "OUTBOX_CLAIM_SECONDS": 2}
+    with override_settings(TURBO_TASKS=outbox_settings):
+        Gated.objects.create(
+            room=room, name="outbox after the kill", started_path=str(started), gate_path=str(gate)
+        )
+        wait_for(started.exists, 60, "the hook to start in the first worker")
+        worker = fault_stack["worker"]
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait(30)
+        # kombu's record of the unacknowledged message: lost, so it never comes back.
+        assert redis_client.delete("unacked", "unacked_index") == 2
+        started.unlink()
+        gate.touch()
+        fault_stack["worker"] = start_worker(
+            f"faults-outbox-{os.getpid()}", QUEUE, fault_stack["env"]
+        )
+        stop = outbox.start_relay_thread(["default"])
+        try:
+            assert client.messages(timeout=90) == (
+                '<turbo-stream action="append" target="gated"><template>outbox after the kill'
+                "</template></turbo-stream>"
+            )
+            wait_for(lambda: not OutboxJob.objects.exists(), 30, "the row to be confirmed")
+        finally:
+            stop.set()

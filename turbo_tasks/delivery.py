@@ -16,7 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, models
 
 from turbo_tasks import jobs as job_format
 from turbo_tasks import layers, signing
-from turbo_tasks.exceptions import HookError, InvalidJob
+from turbo_tasks.exceptions import TRANSIENT_ERRORS, HookError, InvalidJob
 from turbo_tasks.jobs import BroadcastJob
 from turbo_tasks.registry import registry, stream_from_ref
 from turbo_tasks.rendering import Broadcast
@@ -122,6 +122,10 @@ def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
         for step in steps:
             try:
                 _run(step, rows, using, result.broadcasts)
+            except TRANSIENT_ERRORS:
+                # E.g. a lazy foreign-key load while the database restarts: the whole task
+                # is retried, as for a failed reload (a frame sent twice is harmless).
+                raise
             except Exception as exc:
                 job = (
                     job_format.redact([step])[0]
@@ -182,6 +186,8 @@ def materialize(
             continue
         try:
             frames.append((broadcast.group, broadcast.html))
+        except TRANSIENT_ERRORS:
+            raise
         except Exception as exc:
             logger.exception("turbo_tasks: rendering %r failed", broadcast)
             errors.append(({"broadcast": repr(broadcast)}, exc))

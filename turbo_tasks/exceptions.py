@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import redis.exceptions
+from django.db import InterfaceError, OperationalError
+
+# Failures of Redis (the channel layer, the history) or the database that a later attempt
+# may not meet: the worker retries them, wherever they are raised (a reload, a hook, a
+# template's lazy foreign-key load, the push).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,  # the channel layer did not answer in time (Python 3.10)
+    OperationalError,
+    InterfaceError,
+)
+
 
 class StreamRejected(Exception):
     """A signed name that does not resolve to a stream the socket may join.

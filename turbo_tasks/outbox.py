@@ -2,10 +2,14 @@
 
 In ``TURBO_TASKS["PUBLISH_MODE"] = "outbox"`` every job is also written to
 ``turbo_tasks_outboxjob`` in the transaction of the change it describes, so it commits or
-rolls back with it. After the commit the committing process publishes the jobs at once and
-deletes their rows; rows left behind (the broker was down, the process died) are published
-by a relay. Publishers *claim* rows before publishing them, so several relays, and a relay
-racing the committing process, never publish a row twice while its claim holds.
+rolls back with it. After the commit the committing process publishes the jobs at once,
+naming their rows in the message; the worker deletes the rows once it has pushed the
+frames (``confirm``). Rows left behind (the broker was down, the process died, the message
+was lost in the broker or its worker killed) are published again by a relay once their
+claim (``OUTBOX_CLAIM_SECONDS``) expires. Publishers *claim* rows before publishing them,
+so several relays, and a relay racing the committing process, never publish a row twice
+while its claim holds. At least once, end to end: a duplicate is harmless (Turbo actions
+are idempotent by element id) and gets a new offset.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from turbo_tasks.jobs import Job
 
 logger = logging.getLogger(__name__)
 
-# Sends jobs, returns how many of them (a prefix) were sent: publish.send_jobs.
-Sender = Callable[[Sequence[Job], str], int]
+# Sends jobs (naming their outbox rows), returns how many of them (a prefix) were sent:
+# publish.send_jobs.
+Sender = Callable[[Sequence[Job], str, Sequence[int]], int]
 
 
 def record(job: Job, using: str) -> int:
@@ -55,14 +60,32 @@ def publish_rows(ids: list[int], jobs: list[Job], using: str, send: Sender | Non
 def _send_claimed(
     rows: QuerySet[Any], token: uuid.UUID, pairs: list[tuple[int, Any]], using: str, send: Sender
 ) -> int:
-    """Send the claimed ``(row id, job)`` pairs; delete the rows whose jobs went out and
-    release the others to the relay at once (rather than when the claim expires)."""
-    sent = send([job for _, job in pairs], using)
-    if sent:
-        rows.filter(pk__in=[pk for pk, _ in pairs[:sent]]).delete()
+    """Send the claimed ``(row id, job)`` pairs. The rows whose jobs went out stay claimed
+    until their worker confirms them (or the claim expires and a relay sends them again);
+    the others are released to the relay at once."""
+    ids = [pk for pk, _ in pairs]
+    sent = send([job for _, job in pairs], using, ids)
     if sent < len(pairs):
-        rows.filter(claim=token).update(claim=None, claimed_until=None)
+        rows.filter(claim=token, pk__in=ids[sent:]).update(claim=None, claimed_until=None)
     return sent
+
+
+def confirm(ids: Sequence[int] | None, using: str) -> None:
+    """The worker pushed the frames of these rows' jobs: delete the rows. Never raises (a
+    row left behind is only published again)."""
+    if not ids:
+        return
+    from turbo_tasks.models import OutboxJob
+
+    try:
+        OutboxJob._base_manager.using(using).filter(pk__in=list(ids)).delete()
+    except Exception:
+        logger.exception(
+            "turbo_tasks could not confirm outbox rows %s on %r; a relay will publish them "
+            "again after OUTBOX_CLAIM_SECONDS",
+            list(ids),
+            using,
+        )
 
 
 def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int:

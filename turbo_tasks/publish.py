@@ -45,10 +45,11 @@ publisher: ContextVar[Callable[[list[Job], str], None] | None] = ContextVar(
 )
 
 
-def send_jobs(jobs: Sequence[Job], using: str) -> int:
+def send_jobs(jobs: Sequence[Job], using: str, outbox_ids: Sequence[int] = ()) -> int:
     """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages of at most
-    ``MAX_JOBS_PER_MESSAGE`` jobs each. Never raises: returns how many of ``jobs`` (a
-    prefix) were sent, and logs the rest with their payload when a publish fails."""
+    ``MAX_JOBS_PER_MESSAGE`` jobs each (with their outbox rows, in outbox mode). Never
+    raises: returns how many of ``jobs`` (a prefix) were sent, and logs the rest with their
+    payload when a publish fails."""
     if not jobs:
         return 0
     override = publisher.get()
@@ -60,8 +61,10 @@ def send_jobs(jobs: Sequence[Job], using: str) -> int:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     size = conf.get("MAX_JOBS_PER_MESSAGE")
     queue = conf.get("QUEUE")
-    kwargs = {} if using == DEFAULT_DB_ALIAS else {"using": using}
+    kwargs: dict[str, Any] = {} if using == DEFAULT_DB_ALIAS else {"using": using}
     for start in range(0, len(jobs), size):
+        if outbox_ids:
+            kwargs = {**kwargs, "outbox": list(outbox_ids[start : start + size])}
         try:
             publish(app, list(jobs[start : start + size]), kwargs, queue)
         except Exception:

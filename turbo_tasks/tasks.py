@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 from typing import Any
 
-import redis.exceptions
 from celery import Task, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
 from turbo_tasks import conf, delivery
-from turbo_tasks.exceptions import DeliveryFailed
+from turbo_tasks import outbox as outbox_rows
+from turbo_tasks.exceptions import TRANSIENT_ERRORS, DeliveryFailed, HookError, InvalidJob
 from turbo_tasks.publish import TASK_NAME, readable_args
-
-# Transient failures of the channel layer (Redis) and the database: worth a retry.
-RETRYABLE: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-    asyncio.TimeoutError,  # the channel layer did not answer in time (Python 3.10)
-    OperationalError,
-    InterfaceError,
-)
 
 
 @shared_task(  # type: ignore[call-overload]  # celery-types lacks retry_on_worker_lost
@@ -41,17 +29,27 @@ RETRYABLE: tuple[type[Exception], ...] = (
     # Reject a message whose body is malformed instead of dying on it (see _guard).
     Strategy="turbo_tasks._guard:strategy",
 )
-def deliver(self: Task, jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> int:
+def deliver(
+    self: Task,
+    jobs: list[dict[str, Any]],
+    using: str = DEFAULT_DB_ALIAS,
+    outbox: list[int] | None = None,
+) -> int:
     """Run the ModelStream hooks for ``jobs`` and push the frames they send.
 
     ``jobs`` are the JSON jobs one committed transaction recorded, e.g.
     ``[{"action": "save", "model": "chat.message", "pk": 5, "created": true}]``.
     Re-running it with the same arguments (e.g. from Flower) delivers again. Malformed jobs
     fail at once (``InvalidJob``); Redis and database outages are retried with backoff.
+    In outbox mode ``outbox`` names the rows the jobs came from: they are deleted once the
+    frames are pushed (or can never be), and published again by a relay if not.
     """
     try:
-        return delivery.deliver(jobs, using)
-    except RETRYABLE as exc:
+        sent = delivery.deliver(jobs, using)
+    except (InvalidJob, HookError):
+        outbox_rows.confirm(outbox, using)  # publishing them again cannot help
+        raise
+    except TRANSIENT_ERRORS as exc:
         if isinstance(exc, (OperationalError, InterfaceError)):
             # With CELERY_DB_REUSE_MAX the connection outlives the task: make the retry
             # (and the next task) open a fresh one instead of reusing a broken one.
@@ -74,6 +72,8 @@ def deliver(self: Task, jobs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIA
             # back instead of dropping it; if even that fails it stays unacknowledged and
             # the broker redelivers it after its visibility timeout.
             raise Reject(exc, requeue=True) from rejected
+    outbox_rows.confirm(outbox, using)
+    return sent
 
 
 def backoff(retries: int) -> float:
@@ -100,9 +100,7 @@ _relay_stop: Any = None
 def _start_outbox_relay(**kwargs: Any) -> None:
     global _relay_stop
     if conf.get("PUBLISH_MODE") == "outbox" and conf.get("OUTBOX_RELAY_IN_WORKER"):
-        from turbo_tasks import outbox
-
-        _relay_stop = outbox.start_relay_thread()
+        _relay_stop = outbox_rows.start_relay_thread()
 
 
 @worker_shutdown.connect
