@@ -20,7 +20,8 @@ DB_PATH = os.environ.setdefault(
 )
 
 # The fault tests run their worker and ASGI server with a channel-layer Redis of their own
-# (one they can stop), a short visibility timeout and quick retries.
+# (one they can stop), a short visibility timeout and quick retries; the sharding test with
+# two (comma-separated URLs).
 CHANNEL_REDIS_URL = os.environ.get("TURBO_TEST_CHANNEL_REDIS_URL", REDIS_URL)
 TURBO_TASKS = json.loads(os.environ.get("TURBO_TEST_TURBO_TASKS", "{}"))
 VISIBILITY_TIMEOUT = int(os.environ.get("TURBO_TEST_VISIBILITY_TIMEOUT", "300"))
@@ -74,7 +75,11 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 times sockets out after 5 s, as long as channels_redis blocks on a
         # receive: raise it, or every idle websocket dies (turbo_tasks.E004).
-        "CONFIG": {"hosts": [{"address": CHANNEL_REDIS_URL, "socket_timeout": 15}]},
+        "CONFIG": {
+            "hosts": [
+                {"address": url, "socket_timeout": 15} for url in CHANNEL_REDIS_URL.split(",")
+            ]
+        },
     }
 }
 

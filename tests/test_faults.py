@@ -148,6 +148,34 @@ def test_channel_layer_outage_is_retried_until_the_frame_arrives(fault_stack, ch
     )
 
 
+def test_channel_layer_restart_closes_the_socket_and_the_page_is_told_to_reload(
+    fault_stack, channel_redis
+):
+    room = Room.objects.create(name="restart")
+    client = subscribed_client(fault_stack, room.stream)
+    since = client.frames[-1]["offset"]
+    channel_redis.stop()
+
+    # Not deaf: the socket is closed, so the page knows to reconnect.
+    def closed() -> bool:
+        try:
+            client.conn.recv(timeout=0.5)
+        except TimeoutError:
+            return False
+        except Exception:
+            return True
+        return False
+
+    wait_for(closed, 60, "the server to close the socket")
+    channel_redis.start()
+    # The restarted Redis kept no history (and no offsets): the page's since cannot be
+    # served, and it is told so instead of being left to show a stale page as live.
+    again = subscribed_client(fault_stack, room.stream)
+    start = len(again.frames)
+    again.subscribe(room.stream.signed_name, since=since)
+    assert [f["type"] for f in again.frames[start:]] == ["reset", "subscribed"]
+
+
 @pytest.fixture(scope="module")
 def flower(fault_stack):
     port = free_port()
