@@ -99,7 +99,7 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 times sockets out after 5 s, exactly as long as channels_redis blocks
-        # waiting for a message: without a longer timeout idle websockets die (check E004).
+        # waiting for a message: set a longer timeout (check W005; turbo_tasks copes without).
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
     }
 }

@@ -14,6 +14,7 @@ from unittest import mock
 
 import pytest
 import redis
+import redis.exceptions
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -22,8 +23,9 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.core import signing
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import wait_for
+from tests.conftest import WsClient, _env, start_asgi, wait_for
 from tests.testapp.models import Room
 from tests.testapp.streams import NotificationStream
 from turbo_tasks import conf
@@ -673,3 +675,48 @@ def test_real_server_a_burst_of_closing_sockets_leaves_no_members_behind(ws_clie
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(lambda client: client.conn.close(), clients))
     wait_for(lambda: members.zcard(key) == 0, TIMEOUT, "every member to leave the group")
+
+
+# -- the channel-layer configuration users already have -------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_channel_layer_read_that_times_out_does_not_stop_the_socket(room):
+    layer = get_channel_layer()
+    real_receive, timeouts = layer.receive, []
+
+    async def receive_times_out_twice(channel):
+        if len(timeouts) < 2:
+            timeouts.append(channel)
+            raise redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379")
+        return await real_receive(channel)
+
+    with mock.patch.object(layer, "receive", receive_times_out_twice):
+        async with connect() as ws:
+            await assert_subscribes(ws, room.stream.signed_name)
+            await push(room.stream)
+            assert await receive(ws) == message(room.stream.signed_name)
+    assert len(timeouts) == 2
+
+
+def test_idle_socket_survives_the_channels_docs_configuration(redis_server, room):
+    # CHANNEL_LAYERS as the Channels docs show it: hosts [("127.0.0.1", port)], no socket
+    # timeout. redis-py 8's default (5 s) equals channels_redis' blocking read, which used
+    # to close every idle socket with 1011 within ~5 s.
+    env = _env()
+    env["TURBO_TEST_DOCS_CHANNEL_LAYER"] = "1"
+    server, port = start_asgi("docs-layer-asgi", env)
+    try:
+        name = room.stream.signed_name
+        url = f"ws://127.0.0.1:{port}/ws/turbo/"
+        client = WsClient(ws_connect(url, origin="http://127.0.0.1", legacy=True))
+        assert client.subscribe(name)["type"] == "subscribed"
+        # Idle for more than two blocking reads.
+        with pytest.raises(TimeoutError):
+            client.conn.recv(timeout=12)
+        async_to_sync(get_channel_layer().group_send)(room.stream.group_name, event(room.stream))
+        assert client.next(timeout=TIMEOUT) == message(name)
+        client.conn.close()
+    finally:
+        server.stop()
+    assert "had no socket_timeout" in server.log()

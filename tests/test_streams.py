@@ -369,8 +369,8 @@ def test_check_in_memory_layer_is_fine_with_eager_tasks():
 @pytest.mark.parametrize(
     ("hosts", "expected"),
     [
-        (["redis://localhost:6379/0"], ["turbo_tasks.E004"]),
-        ([{"address": "redis://localhost:6379/0", "socket_timeout": 5}], ["turbo_tasks.E004"]),
+        (["redis://localhost:6379/0"], ["turbo_tasks.W005"]),
+        ([{"address": "redis://localhost:6379/0", "socket_timeout": 5}], ["turbo_tasks.W005"]),
         ([{"address": "redis://localhost:6379/0", "socket_timeout": 15}], []),
         ([{"address": "redis://localhost:6379/0", "socket_timeout": None}], []),
     ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis.exceptions
 from channels_redis.core import RedisChannelLayer
 
 # -- Django: transaction.on_commit bookkeeping ----------------------------------------------
@@ -72,6 +73,37 @@ def sync_client(layer: RedisChannelLayer, index: int) -> Any:
     import redis
 
     return redis.Redis(connection_pool=pool)
+
+
+def lengthen_receive_timeouts(layer: Any) -> list[dict[str, Any]]:
+    """Give every ``hosts`` entry of a channels_redis core layer a socket timeout longer
+    than its blocking receive, where it has none (or a shorter one is redis-py's default):
+    with the configuration the Channels docs show, redis-py 8's 5 s default equals
+    channels_redis' 5 s BZPOPMIN, and every idle consumer dies with a TimeoutError
+    (channels_redis#422). Affects connection pools created afterwards (they are made per
+    event loop, on first use). Returns the host entries it changed."""
+    if not is_redis_core_layer(layer):
+        return []
+    default = redis_default_socket_timeout()
+    if default is None or default > blocking_receive_seconds():
+        return []
+    changed, hosts = [], []
+    for host in layer.hosts:
+        if "socket_timeout" not in host and not _url_sets_timeout(host):
+            host = {**host, "socket_timeout": blocking_receive_seconds() + 10}
+            changed.append(host)
+        hosts.append(host)
+    layer.hosts = hosts
+    return changed
+
+
+def _url_sets_timeout(host: dict[str, Any]) -> bool:
+    return "socket_timeout=" in str(host.get("address", ""))
+
+
+# What a channels_redis read raises when its socket timeout fires (redis-py 8's default
+# of 5 s equals channels_redis' blocking receive).
+RECEIVE_TIMEOUTS: tuple[type[Exception], ...] = (redis.exceptions.TimeoutError, TimeoutError)
 
 
 def blocking_receive_seconds() -> float:

@@ -9,9 +9,10 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
 
-from turbo_tasks import conf, history
+from turbo_tasks import _compat, conf, history
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.registry import resolve_signed_name
 
@@ -59,6 +60,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         return str(conf.get("CHANNEL_LAYER"))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        _fit_layer(self.channel_layer_alias)
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -67,6 +69,25 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             refresher = getattr(self, "_refresher", None)
             if refresher is not None:
                 refresher.cancel()
+
+    # AsyncConsumer.__call__ sets this to the channel layer's receive for our channel and
+    # waits on it: keep waiting past a read that timed out, rather than die with 1011 (an
+    # idle read times out whenever the socket timeout is not longer than channels_redis'
+    # blocking receive). Nothing is lost: the message stays queued in Redis.
+    @property
+    def channel_receive(self) -> Any:
+        return self._channel_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Any) -> None:
+        async def patient_receive() -> Any:
+            while True:
+                try:
+                    return await receive()
+                except _compat.RECEIVE_TIMEOUTS:
+                    logger.debug("turbo_tasks: a channel-layer read timed out; reading again")
+
+        self._channel_receive = patient_receive
 
     async def connect(self) -> None:
         # group -> {signed name: the (inc, seq) it was caught up to when it subscribed}:
@@ -205,6 +226,27 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     async def _error(self, reason: str) -> None:
         await self._reply("error", reason=reason)
+
+
+_fitted_layers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _fit_layer(alias: str) -> None:
+    """Once per layer: lengthen socket timeouts that would kill idle consumers."""
+    layer = get_channel_layer(alias)
+    if layer is None or layer in _fitted_layers:
+        return
+    _fitted_layers.add(layer)
+    for host in _compat.lengthen_receive_timeouts(layer):
+        logger.warning(
+            "turbo_tasks: channel layer %r host %s had no socket_timeout; redis-py's default "
+            "(%ss) is no longer than channels_redis' blocking receive, which would close every "
+            "idle websocket. Using socket_timeout=%s; set it in CHANNEL_LAYERS to silence this.",
+            alias,
+            host.get("address") or (host.get("host"), host.get("port")),
+            _compat.redis_default_socket_timeout(),
+            host["socket_timeout"],
+        )
 
 
 @database_sync_to_async
