@@ -222,3 +222,26 @@ def test_frame_for_an_unwatched_stream_leaves_a_hole_that_resets_older_pages(roo
     status, current, entries = async_to_sync(history.read)(layer, group, history.parse(since))
     assert (status, entries) == ("reset", [])
     assert (history.parse(current) or ("", 0))[1] > (history.parse(since) or ("", 0))[1]
+
+
+def test_rendering_many_streams_costs_one_redis_round_trip(monkeypatch):
+    rooms = [Room.objects.create(name=f"r{i}") for i in range(5)]
+    real, calls = history._compat.sync_client, []
+
+    def counting_client(layer, index):
+        client = real(layer, index)
+        original = client.execute_command
+
+        def execute_command(*args, **kwargs):
+            calls.append(args[0])
+            return original(*args, **kwargs)
+
+        client.execute_command = execute_command
+        return client
+
+    monkeypatch.setattr(history._compat, "sync_client", counting_client)
+    html = Template("{% load turbo_tasks %}{% turbo_subscribe a b c d e %}").render(
+        Context(dict(zip("abcde", rooms, strict=True)))
+    )
+    assert html.count(" since=") == 5
+    assert calls == ["EVAL"]
