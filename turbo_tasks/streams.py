@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, models
 
@@ -73,6 +74,14 @@ class Stream:
     Inside a hook the frame is rendered by the worker running it; anywhere else (a view,
     the shell) the action is sent after the current transaction commits and rendered by a
     worker, with model instances in ``context`` reloaded there.
+
+    ``template`` may name a partial, ``"chat/room.html#message"``, on Django 6.0 and later.
+
+    In async code await ``aappend``, ``aprepend``, ``areplace``, ``aupdate``, ``abefore``,
+    ``aafter`` or ``aremove``: same arguments, same frame. They run the action in Django's
+    sync thread (``sync_to_async``), where ``asave()`` and ``sync_to_async`` code run their
+    queries, so the action joins that thread's transaction and ``on_commit`` as it would in
+    a sync view, and publishing never blocks the event loop.
     """
 
     _init_args: tuple[Any, ...]
@@ -188,6 +197,48 @@ class Stream:
         """Remove the target: ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
         self._send("remove", None, None, id=id, selector=selector)
 
+    # -- awaitable actions: the sync action in Django's sync thread ----------------------
+
+    async def aappend(
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+    ) -> None:
+        """Await :meth:`append`: ``<turbo-stream action="append" target="{id}"><template>…``."""
+        await sync_to_async(self.append)(template, context, **to)
+
+    async def aprepend(
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+    ) -> None:
+        """Await :meth:`prepend`: ``<turbo-stream action="prepend" target="{id}"><template>…``."""
+        await sync_to_async(self.prepend)(template, context, **to)
+
+    async def areplace(
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+    ) -> None:
+        """Await :meth:`replace`: ``<turbo-stream action="replace" target="{id}"><template>…``."""
+        await sync_to_async(self.replace)(template, context, **to)
+
+    async def aupdate(
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+    ) -> None:
+        """Await :meth:`update`: ``<turbo-stream action="update" target="{id}"><template>…``."""
+        await sync_to_async(self.update)(template, context, **to)
+
+    async def abefore(
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+    ) -> None:
+        """Await :meth:`before`: ``<turbo-stream action="before" target="{id}"><template>…``."""
+        await sync_to_async(self.before)(template, context, **to)
+
+    async def aafter(
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+    ) -> None:
+        """Await :meth:`after`: ``<turbo-stream action="after" target="{id}"><template>…``."""
+        await sync_to_async(self.after)(template, context, **to)
+
+    async def aremove(self, *, id: str | None = None, selector: str | None = None) -> None:
+        """Await :meth:`remove`: ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
+        await sync_to_async(self.remove)(id=id, selector=selector)
+
     def _send(
         self,
         action: str,
@@ -200,6 +251,7 @@ class Stream:
     ) -> None:
         rendering.check_action(action)
         rendering.check_target(id, selector)
+        rendering.check_template(template)
         if action != "remove" and (template is None) == (text is None):
             raise ValueError(
                 f"{action}() needs a template name (with an optional context) "
