@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+import django
+from django.apps import apps
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
@@ -29,6 +31,27 @@ def check_target(id: str | None, selector: str | None) -> None:
         )
 
 
+def check_template(template: str | None) -> None:
+    """``"chat/room.html#message"`` names the partial ``message`` of ``chat/room.html``.
+
+    Django 6.0 loads such names itself. Before 6.0 only the django-template-partials app
+    does; without it the worker would fail with a TemplateDoesNotExist for a file named
+    ``room.html#message``, long after the call that asked for it.
+    """
+    if (
+        template is not None
+        and "#" in template
+        and django.VERSION < (6, 0)
+        and not apps.is_installed("template_partials")
+    ):
+        name, _, partial = template.partition("#")
+        raise ValueError(
+            f"Template {template!r} names the partial {partial!r} of {name!r}: template "
+            f"partials need Django 6.0 or later (this is Django {django.get_version()}). "
+            f"Upgrade Django, install django-template-partials, or render a template file."
+        )
+
+
 def render_frame(
     action: str,
     *,
@@ -44,6 +67,7 @@ def render_frame(
     elif text is not None:
         content = escape(text)
     elif template is not None:
+        check_template(template)
         content = render_to_string(template, context or {})
     else:
         raise ValueError(f"{action}() needs a template name or text=.")
