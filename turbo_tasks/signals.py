@@ -139,13 +139,11 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
     batch: _Batch | None = getattr(conn, _BATCH_ATTR, None)
     if batch is not None and batch.buckets:
         bucket = batch.buckets[-1]
+        # (A separate name: mypy 2 would narrow `bucket` to the callback's type.)
+        newest = _compat.last_on_commit_callback(conn) is bucket
         # Fast path: our bucket is the newest callback (so it is alive) and every open
         # savepoint was already open when it was registered (so it dies with them).
-        if (
-            _compat.last_on_commit_callback(conn) is bucket
-            and not bucket.done
-            and all(sid in bucket.sids for sid in conn.savepoint_ids)
-        ):
+        if newest and not bucket.done and all(sid in bucket.sids for sid in conn.savepoint_ids):
             bucket.add(job, durable)
             return
     batch = _refresh(conn, batch, using)

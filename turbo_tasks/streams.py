@@ -139,7 +139,7 @@ class Stream:
         return signing.group_name(self.ref())
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.ref() == self.ref()  # type: ignore[attr-defined]
+        return isinstance(other, Stream) and type(other) is type(self) and other.ref() == self.ref()
 
     def __hash__(self) -> int:
         return hash(self.group_name)
