@@ -4,6 +4,7 @@ subprocess on a free port, started once per session when a test asks for it."""
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import os
 import shutil
@@ -171,6 +172,17 @@ def asgi_server(redis_server: str) -> Iterator[str]:
     server, port = start_asgi("asgi", extra=("--ws", "websockets"))
     yield f"ws://127.0.0.1:{port}"
     server.stop()
+
+
+def open_websocket(
+    url: str, origin: str = "http://127.0.0.1", timeout: float = 20
+) -> ClientConnection:
+    """A sync websocket client outside a ``with`` block (websockets >= 17 asks for
+    ``legacy=True`` then; 16, the last for Python 3.10, has no such argument)."""
+    extra: dict[str, Any] = {}
+    if "legacy" in inspect.signature(connect).parameters:
+        extra["legacy"] = True
+    return connect(url, origin=origin, open_timeout=timeout, **extra)  # type: ignore[arg-type]
 
 
 class WsClient:

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import connection
 from django.template import Context, Template
 from django.test import override_settings
 
@@ -165,6 +166,7 @@ def test_client_dropping_four_times_during_40_commits_ends_with_all_40(ws_client
             for i in range(40):
                 created.append(Message.objects.create(room=room, text=f"m{i}").pk)
         finally:
+            connection.close()  # this thread's own
             done.set()
 
     seen: set[str] = set()

@@ -23,9 +23,8 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.core import signing
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import WsClient, _env, start_asgi, wait_for
+from tests.conftest import WsClient, _env, open_websocket, start_asgi, wait_for
 from tests.testapp.models import Room
 from tests.testapp.streams import NotificationStream
 from turbo_tasks import conf
@@ -709,7 +708,7 @@ def test_idle_socket_survives_the_channels_docs_configuration(redis_server, room
     try:
         name = room.stream.signed_name
         url = f"ws://127.0.0.1:{port}/ws/turbo/"
-        client = WsClient(ws_connect(url, origin="http://127.0.0.1", legacy=True))
+        client = WsClient(open_websocket(url))
         assert client.subscribe(name)["type"] == "subscribed"
         # Idle for more than two blocking reads.
         with pytest.raises(TimeoutError):

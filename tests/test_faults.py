@@ -21,13 +21,13 @@ import pytest
 import redis
 from django.core.management import call_command
 from django.test import override_settings
-from websockets.sync.client import connect
 
 from tests.conftest import (
     Process,
     WsClient,
     _env,
     _ping,
+    open_websocket,
     start_asgi,
     start_worker,
     wait_for,
@@ -112,9 +112,7 @@ def subscribed_client(fault_stack, stream) -> WsClient:
 
     def attempt() -> WsClient | None:
         try:
-            client = WsClient(
-                connect(fault_stack["ws"], origin="http://127.0.0.1", open_timeout=5, legacy=True)
-            )
+            client = WsClient(open_websocket(fault_stack["ws"], timeout=5))
             if client.subscribe(stream.signed_name, timeout=5)["type"] == "subscribed":
                 return client
         except Exception:  # still coming back: try again

@@ -12,9 +12,17 @@ import shutil
 import pytest
 import redis
 from django.test import override_settings
-from websockets.sync.client import connect
 
-from tests.conftest import Process, WsClient, _env, _ping, start_asgi, start_worker, wait_for
+from tests.conftest import (
+    Process,
+    WsClient,
+    _env,
+    _ping,
+    open_websocket,
+    start_asgi,
+    start_worker,
+    wait_for,
+)
 from tests.procs import free_port
 from tests.testapp.models import Message, Room
 from turbo_tasks import history, layers
@@ -63,7 +71,7 @@ def sharded(redis_server):
 
 
 def _client(url: str) -> WsClient:
-    return WsClient(connect(url, origin="http://127.0.0.1", open_timeout=20, legacy=True))
+    return WsClient(open_websocket(url))
 
 
 def _rooms_on_both_shards() -> list[Room]:
