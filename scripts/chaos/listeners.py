@@ -38,11 +38,14 @@ MESSAGE_ID_RE = re.compile(r'\bmessage-(\d+)"')
 
 
 def parse(html: str) -> tuple[list[int], int]:
-    """The message ids a ``<turbo-stream>`` payload adds or changes, and how many
+    """The message ids a ``<turbo-stream>`` payload *adds* (append/prepend: one per created
+    row; replace/remove frames of edits and deletes are not counted), and how many
     ``<turbo-stream>`` elements it holds."""
     ids, count = [], 0
     for match in STREAM_RE.finditer(html):
         count += 1
+        if match.group(1) not in ("append", "prepend"):
+            continue
         found = MESSAGE_ID_RE.search(match.group(0))
         if found:
             ids.append(int(found.group(1)))
