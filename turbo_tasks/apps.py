@@ -9,7 +9,10 @@ class TurboTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from turbo_tasks import checks, registry, signals
+        # tasks: declare turbo_tasks.deliver (a shared_task) in every process that runs
+        # Django, so any Celery app finalized here has it, not only apps that autodiscover
+        # (pytest-celery's in-process worker app, a project's second app).
+        from turbo_tasks import checks, registry, signals, tasks  # noqa: F401
 
         checks.register()
         registry.autodiscover()

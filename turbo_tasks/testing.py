@@ -23,6 +23,8 @@ With pytest the ``turbo_broadcasts`` fixture is ``capture_broadcasts``. Works wi
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -152,6 +154,92 @@ def assert_no_broadcasts(stream: Any = None) -> Iterator[CapturedBroadcasts]:
     with capture_broadcasts() as captured:
         yield captured
     captured.assert_nothing_sent(stream)
+
+
+_FRAME = re.compile(r'<turbo-stream action="([^"]*)" (target|targets)="([^"]*)"')
+
+
+class StreamListener:
+    """A member of a stream's Channels group, as a subscribed page is: it receives what
+    workers really push. See ``listen()``."""
+
+    def __init__(self, stream: Any) -> None:
+        from turbo_tasks import layers
+
+        self.stream = _as_stream(stream)
+        self.layer = layers.get_layer()
+        self.group = self.stream.group_name
+        self.channel = layers.run(self.layer.new_channel())
+        layers.run(self.layer.group_add(self.group, self.channel))
+        self.frames: list[str] = []  # each message's html, in arrival order
+
+    def wait(
+        self,
+        *,
+        action: str | None = None,
+        target: str | None = None,
+        contains: str | None = None,
+        timeout: float = 30,
+    ) -> str:
+        """The html of the first message (already received, or arriving within
+        ``timeout`` seconds) holding a ``<turbo-stream>`` that matches every filter given;
+        AssertionError naming what arrived when none does."""
+        import asyncio
+
+        from turbo_tasks import layers
+
+        def matches(html: str) -> bool:
+            return (contains is None or contains in html) and any(
+                (action is None or found[0] == action) and (target is None or found[2] == target)
+                for found in _FRAME.findall(html)
+            )
+
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            for html in self.frames[seen:]:
+                if matches(html):
+                    return html
+            seen = len(self.frames)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                got = "\n".join(f"  {html}" for html in self.frames) or "  (nothing)"
+                raise AssertionError(
+                    f"No frame with action={action!r} target={target!r} contains={contains!r} "
+                    f"reached {self.stream!r} within {timeout}s. Received:\n{got}"
+                )
+            try:
+                event = layers.run(asyncio.wait_for(self.layer.receive(self.channel), remaining))
+            except (asyncio.TimeoutError, TimeoutError):
+                continue
+            if event.get("type") == "turbo.message" and event.get("group") == self.group:
+                self.frames.append(str(event["html"]))
+
+    def close(self) -> None:
+        from turbo_tasks import layers
+
+        layers.run(self.layer.group_discard(self.group, self.channel))
+
+
+@contextmanager
+def listen(stream: Any) -> Iterator[StreamListener]:
+    """Receive what workers push to ``stream`` (a Stream or a model instance), through the
+    real channel layer, for tests with a real Celery worker (pytest-celery's
+    ``celery_session_worker``, or a worker process)::
+
+        def test_post_reaches_the_room(room, celery_session_worker):
+            with listen(room) as frames:
+                Message.objects.create(room=room, text="hi")
+                frames.wait(action="append", target="messages", contains="hi")
+
+    Needs ``transaction=True`` (the worker only sees committed rows) and a channel layer
+    shared with the worker (channels_redis).
+    """
+    listener = StreamListener(stream)
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 try:
