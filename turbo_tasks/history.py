@@ -35,15 +35,29 @@ from turbo_tasks import _compat, conf
 META_SECONDS = 86_400
 _OFFSET = re.compile(r"^([0-9a-f]{16})\.(\d{1,18})$")
 
-# KEYS: meta, history. ARGV: html, length, seconds, new inc, meta seconds.
-_PUSH = """
+# Lua shared by the scripts below: the server's time in ms, and a stream's epoch token,
+# made (from the caller's fresh one) when its hash does not exist.
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local inc = redis.call('HGET', KEYS[1], 'inc')
+"""
+
+
+def _inc_of(key: str, new: str) -> str:
+    return f"""
+local inc = redis.call('HGET', {key}, 'inc')
 if not inc then
-  inc = ARGV[4]
-  redis.call('HSET', KEYS[1], 'inc', inc, 'seq', 0)
+  inc = {new}
+  redis.call('HSET', {key}, 'inc', inc, 'seq', 0)
 end
+"""
+
+
+# KEYS: meta, history. ARGV: html, length, seconds, new inc, meta seconds.
+_PUSH = (
+    _NOW
+    + _inc_of("KEYS[1]", "ARGV[4]")
+    + """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('RPUSH', KEYS[2], seq .. ' ' .. now .. ' ' .. ARGV[1])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
@@ -59,18 +73,15 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 1000)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {inc, seq}
 """
+)
 
 # KEYS: meta, history. ARGV: since inc ('' for none), since seq, new inc, meta seconds,
 # watch seconds. Returns {inc, seq, status, entries...}: status 'live' (no since), 'ok'
 # (the entries after since follow) or 'reset' (the history cannot serve since).
-_READ = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local inc = redis.call('HGET', KEYS[1], 'inc')
-if not inc then
-  inc = ARGV[3]
-  redis.call('HSET', KEYS[1], 'inc', inc, 'seq', 0)
-end
+_READ = (
+    _NOW
+    + _inc_of("KEYS[1]", "ARGV[3]")
+    + """
 redis.call('HSET', KEYS[1], 'watched', now + tonumber(ARGV[5]) * 1000)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
@@ -89,46 +100,48 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[2], since + 1 - first, -1)) do
 end
 return out
 """
+)
 
 # KEYS: metas. ARGV: one new inc per key, then watch seconds, meta seconds.
-_WATCH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_WATCH = (
+    _NOW
+    + """
 local n = #KEYS
 local until_ms = now + tonumber(ARGV[n + 1]) * 1000
 local out = {}
-for i, key in ipairs(KEYS) do
-  local inc = redis.call('HGET', key, 'inc')
-  if not inc then
-    inc = ARGV[i]
-    redis.call('HSET', key, 'inc', inc, 'seq', 0)
-  end
+for i, key in ipairs(KEYS) do"""
+    + _inc_of("key", "ARGV[i]")
+    + """
   redis.call('HSET', key, 'watched', until_ms)
   redis.call('EXPIRE', key, ARGV[n + 2])
   out[i] = inc .. '.' .. redis.call('HGET', key, 'seq')
 end
 return out
 """
+)
 
 # KEYS: group, meta. ARGV: alive since (s). 1 when the group has a live member, or a page
 # rendered or subscribed with the stream within the watch window. Otherwise the frame is
 # not rendered, and the stream's seq moves on anyway: a page that comes back with an older
 # since then finds a hole and gets reset, instead of silently missing the change.
-_WATCHED = """
+_WATCHED = (
+    """
 if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') > 0 then return 1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+    + _NOW
+    + """
 local watched = tonumber(redis.call('HGET', KEYS[2], 'watched') or '0')
 if watched > now then return 1 end
 if watched > 0 then redis.call('HINCRBY', KEYS[2], 'seq', 1) end
 return 0
 """
+)
 
 # KEYS: metas. ARGV: watch seconds. A socket that leaves keeps its streams watched for
 # the window, so what it misses while reconnecting is rendered into the history.
-_TOUCH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_TOUCH = (
+    _NOW
+    + """
 for _, key in ipairs(KEYS) do
   if redis.call('EXISTS', key) == 1 then
     redis.call('HSET', key, 'watched', now + tonumber(ARGV[1]) * 1000)
@@ -136,6 +149,7 @@ for _, key in ipairs(KEYS) do
 end
 return 0
 """
+)
 
 
 def enabled(layer: Any) -> bool:
