@@ -34,6 +34,23 @@ ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "artifacts" / "logs"
 
 
+# --- PostgreSQL (TURBO_TEST_DATABASE=postgres) ------------------------------------------
+# tests.settings chose the port when pytest-django read it (before any conftest hook); the
+# cluster starts here, before any fixture creates the test databases or starts a worker or
+# an ASGI server (they read the port from the environment), and stops when pytest ends.
+def pytest_configure(config: pytest.Config) -> None:
+    if settings.DATABASE != "postgres":
+        return
+    from tests import postgres
+
+    names = [db["NAME"] for db in settings.DATABASES.values()]
+    cluster = postgres.start(settings.PG_PORT, names)
+    config.add_cleanup(cluster.stop)
+
+
+# -----------------------------------------------------------------------------------------
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
     return procs.wait_for(condition, timeout, what, error=AssertionError)

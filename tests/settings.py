@@ -1,7 +1,8 @@
 """Settings for the test suite, its worker and its ASGI server.
 
-The Redis port and the SQLite file are chosen once per run and put in the environment, so
-the worker and ASGI subprocesses the tests start use the same ones.
+The Redis port and the SQLite file (or, with TURBO_TEST_DATABASE=postgres, the PostgreSQL
+port) are chosen once per run and put in the environment, so the worker and ASGI
+subprocesses the tests start use the same ones.
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ DATABASES = {
         "OPTIONS": {"timeout": 30},
     },
 }
+
+# TURBO_TEST_DATABASE=postgres: the same two aliases on a private PostgreSQL cluster that
+# tests/conftest.py starts (tests/postgres.py) on this port. The test databases keep their
+# names (TEST NAME), so the worker and ASGI subprocesses use them as they are.
+DATABASE = os.environ.get("TURBO_TEST_DATABASE", "sqlite")
+if DATABASE == "postgres":
+    PG_PORT = int(os.environ.setdefault("TURBO_TEST_PG_PORT", str(free_port())))
+    DATABASES = {
+        alias: {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name,
+            "USER": "postgres",
+            "HOST": "127.0.0.1",
+            "PORT": str(PG_PORT),
+            # tests.testapp has no migrations and points at auth_user: PostgreSQL checks the
+            # foreign key as the table is made, before auth's migrations ran. Create every
+            # table at once instead (pytest --no-migrations; the demo runs the migrations).
+            "TEST": {"NAME": name, "MIGRATE": False},
+        }
+        for alias, name in [("default", "turbo_tasks"), ("other", "turbo_tasks_other")]
+    }
+elif DATABASE != "sqlite":
+    raise ValueError(f"TURBO_TEST_DATABASE={DATABASE!r}: use sqlite or postgres")
 
 ASGI_APPLICATION = "tests.asgi.application"
 # TURBO_TEST_DOCS_CHANNEL_LAYER=1: the configuration the Channels docs show (no socket
