@@ -166,6 +166,51 @@ def test_concurrent_relays_publish_each_row_once(durable):
     assert OutboxJob.objects.filter(claim__isnull=True).count() == 0
 
 
+@pytest.mark.skipif(
+    not connections["default"].features.has_select_for_update_skip_locked,
+    reason="the database has no SELECT ... FOR UPDATE SKIP LOCKED (SQLite)",
+)
+def test_relay_skips_rows_another_relay_has_locked(durable):
+    """With SKIP LOCKED a relay neither waits for nor takes the rows another relay is
+    claiming: it publishes the others at once."""
+    first = OutboxJob.objects.bulk_create(OutboxJob(job={"n": i}) for i in range(5))[0]
+    locked, release = threading.Event(), threading.Event()
+
+    def other_relay():
+        try:
+            with transaction.atomic():
+                list(OutboxJob.objects.select_for_update().filter(pk=first.pk))
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=other_relay)
+    holder.start()
+    sent: list[dict] = []
+    published: list[int] = []
+    try:
+        assert locked.wait(10)
+
+        def relay():
+            try:
+                send = lambda jobs, using, ids: sent.extend(jobs) or len(jobs)  # noqa: E731
+                published.append(outbox.relay_once(send=send))
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=relay)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the relay waited for the locked row"
+    finally:
+        release.set()
+        holder.join(30)
+    assert published == [4]
+    assert sent == [{"n": i} for i in range(1, 5)]
+    assert OutboxJob.objects.get(pk=first.pk).claim is None
+
+
 def test_relay_command_once(durable, room):
     with BrokerDown():
         message = Message.objects.create(room=room, text="x")

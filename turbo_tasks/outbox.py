@@ -18,10 +18,10 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections, router
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections, router, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -99,20 +99,9 @@ def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int
     size = conf.get("MAX_JOBS_PER_MESSAGE")
     published = 0
     while True:
-        free = Q(claim__isnull=True) | Q(claimed_until__lt=now)
-        old = now - timedelta(seconds=conf.get("OUTBOX_RELAY_AGE"))
-        candidates = list(
-            rows.filter(free, created_at__lte=old)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:size]
-        )
-        if not candidates:
-            return published
         token = uuid.uuid4()
-        until = timezone.now() + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
-        # The claim repeats the "free" condition: of two relays updating the same rows,
-        # the second sees the first one's claim and takes nothing.
-        rows.filter(free, pk__in=candidates).update(claim=token, claimed_until=until)
+        if not _claim(rows, token, now, size, using):
+            return published
         claimed = list(rows.filter(claim=token).order_by("pk").values_list("pk", "job"))
         if not claimed:
             continue
@@ -122,6 +111,33 @@ def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int
             logger.info("turbo_tasks relay published %d outbox job(s) from %r", sent, using)
         if sent < len(claimed):
             return published
+
+
+def _claim(rows: QuerySet[Any], token: uuid.UUID, now: datetime, size: int, using: str) -> bool:
+    """Claim up to ``size`` free rows old enough for the relay with ``token``; return
+    whether there were any candidates."""
+    free = Q(claim__isnull=True) | Q(claimed_until__lt=now)
+    old = now - timedelta(seconds=conf.get("OUTBOX_RELAY_AGE"))
+    candidates = rows.filter(free, created_at__lte=old).order_by("pk")
+    until = timezone.now() + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
+    if connections[using].features.has_select_for_update_skip_locked:
+        # PostgreSQL, MySQL 8, Oracle: lock the candidates, skipping rows another relay
+        # has locked, so concurrent relays take disjoint batches instead of queueing on
+        # each other's row locks.
+        with transaction.atomic(using=using):
+            ids = list(
+                candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)[:size]
+            )
+            if ids:
+                rows.filter(pk__in=ids).update(claim=token, claimed_until=until)
+        return bool(ids)
+    # Elsewhere (SQLite) the claim is a conditional UPDATE that repeats the "free"
+    # condition: of two relays updating the same rows, the second sees the first one's
+    # claim and takes nothing.
+    ids = list(candidates.values_list("pk", flat=True)[:size])
+    if ids:
+        rows.filter(free, pk__in=ids).update(claim=token, claimed_until=until)
+    return bool(ids)
 
 
 def relay_databases() -> list[str]:
