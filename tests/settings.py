@@ -84,10 +84,7 @@ if DATABASE == "postgres":
             "USER": "postgres",
             "HOST": "127.0.0.1",
             "PORT": str(PG_PORT),
-            # tests.testapp has no migrations and points at auth_user: PostgreSQL checks the
-            # foreign key as the table is made, before auth's migrations ran. Create every
-            # table at once instead (pytest --no-migrations; the demo runs the migrations).
-            "TEST": {"NAME": name, "MIGRATE": False},
+            "TEST": {"NAME": name},
         }
         for alias, name in [("default", "turbo_tasks"), ("other", "turbo_tasks_other")]
     }
