@@ -1,9 +1,9 @@
 """The supported corners, one session each: ``nox -s "tests(py3.13-django6.1)" -- tests/x.py``.
 
 Django 5.2 LTS runs on Python 3.10+, Django 6.0 and 6.1 need Python 3.12+. Each session
-installs the package with its ``test`` extra and pins Django to that corner's release
-series; arguments after ``--`` go to pytest. The suite starts its own redis-server, so
-``redis-server`` must be on PATH (``make test`` installs it).
+installs the package with its ``test`` and ``example`` extras and pins Django to that
+corner's release series; arguments after ``--`` go to pytest. The suite starts its own
+redis-server, so ``redis-server`` must be on PATH (``make test`` installs it).
 
 Interpreters come from PATH or, failing that, from pyenv (``$PYENV_ROOT/versions/3.X.*``),
 so pyenv's versions work without ``pyenv global`` listing them (pyenv's shims are on PATH
@@ -50,6 +50,7 @@ _add_pyenv_interpreters()
     ids=[f"py{python}-django{django}" for python, django in CORNERS],
 )
 def tests(session: nox.Session, django: str) -> None:
-    session.install(".[test]", f"django~={django}.0")
+    # example: the browser tests run the example site.
+    session.install(".[test,example]", f"django~={django}.0")
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     session.run("python", "-m", "pytest", *session.posargs)

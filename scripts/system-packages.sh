@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need, when they are missing.
-# Usage: scripts/system-packages.sh [browser]
+# Usage: scripts/system-packages.sh [browser] [postgres]
 set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v node >/dev/null || need+=(nodejs npm)
-if [[ "${1:-}" == "browser" ]]; then
-    command -v chromium >/dev/null || need+=(chromium)
-fi
+for extra in "$@"; do
+    case $extra in
+    browser) command -v chromium >/dev/null || need+=(chromium) ;;
+    # The suite runs its own cluster with Debian's server binaries (tests/postgres.py).
+    postgres) compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql) ;;
+    *) echo "system-packages.sh: unknown extra $extra (browser, postgres)" >&2 && exit 2 ;;
+    esac
+done
 ((${#need[@]})) || exit 0
 
 if [[ $(id -u) -eq 0 ]]; then
