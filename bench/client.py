@@ -8,6 +8,11 @@ socket first sees each ``<p id="m-<pk>">text</p>`` item (a frame may carry many)
 socket has ``--expect`` distinct items, a ``STOP`` line arrives on stdin, or ``--timeout``.
 Prints ``RESULT {…}`` and exits. Times are ``time.time()`` (same machine clock as the
 producer, which writes its own ``time.time()`` into the row text for latency).
+
+With ``--catch-up`` (F4) it subscribes the sockets and prints ``READY``, then lets the server
+close them (the ASGI server restarts) and waits for a ``GO`` line on stdin; then every socket
+reconnects at once and subscribes with ``since`` = the offset it was subscribed at, and the
+client times until every socket has received ``--expect`` items *and* ``subscribed``.
 """
 
 from __future__ import annotations
@@ -67,6 +72,138 @@ async def open_socket(url: str, stream: str, limit: asyncio.Semaphore, errors: l
                     raise
         await asyncio.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+async def catch_up(args: argparse.Namespace) -> dict:
+    """F4: subscribe, lose the sockets to a server restart, reconnect all at once with
+    ``since``; time until each socket has caught up."""
+    raise_fd_limit(args.sockets * 2 + 256)
+    limit = asyncio.Semaphore(args.concurrency)
+    errors: list[str] = []
+    started = time.time()
+    offsets: list[str] = []
+
+    async def first(index: int) -> None:
+        ws = None
+        for attempt in range(4):
+            async with limit:
+                try:
+                    ws = await connect(
+                        args.url, origin="http://127.0.0.1", open_timeout=60, ping_interval=None
+                    )
+                    await ws.send(json.dumps({"type": "subscribe", "stream": args.stream}))
+                    while True:
+                        reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                        if reply.get("type") == "subscribed":
+                            offsets[index] = reply["offset"]
+                            break
+                    break
+                except (OSError, ConnectionClosed, asyncio.TimeoutError, KeyError) as exc:
+                    errors.append(f"open {type(exc).__name__}: {exc}")
+                    ws = None
+            await asyncio.sleep(0.2 * (attempt + 1))
+        if ws is None:
+            raise RuntimeError(f"socket {index} could not subscribe")
+        ready.release()
+        # Held open until the server closes it (its restart).
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+
+    offsets = [""] * args.sockets
+    ready = asyncio.Semaphore(0)
+    holders = [asyncio.create_task(first(i)) for i in range(args.sockets)]
+    for _ in range(args.sockets):
+        await ready.acquire()
+    open_seconds = time.time() - started
+    loop = asyncio.get_running_loop()
+    go = asyncio.Event()
+
+    def wait_go() -> None:
+        for line in sys.stdin:
+            if line.strip() == "GO":
+                loop.call_soon_threadsafe(go.set)
+                return
+
+    threading.Thread(target=wait_go, daemon=True).start()
+    print(
+        "READY "
+        + json.dumps(
+            {
+                "open_seconds": open_seconds,
+                "open_errors": errors[:20],
+                "open_error_count": len(errors),
+                "offsets": sorted(set(offsets)),
+            }
+        ),
+        flush=True,
+    )
+    await go.wait()
+    closed = sum(1 for t in holders if t.done())
+    await asyncio.wait(holders, timeout=10)
+    again = asyncio.Semaphore(args.reconnect_concurrency)
+    t0 = time.time()
+    done_at: list[float | None] = [None] * args.sockets
+    received = [0] * args.sockets
+    messages = [0] * args.sockets
+    resets = [0]
+
+    async def reconnect(index: int) -> None:
+        since = offsets[index]
+        items: set[str] = set()
+        for attempt in range(4):
+            async with again:
+                try:
+                    async with connect(
+                        args.url,
+                        origin="http://127.0.0.1",
+                        open_timeout=60,
+                        ping_interval=None,
+                        close_timeout=1,
+                    ) as ws:
+                        await ws.send(
+                            json.dumps({"type": "subscribe", "stream": args.stream, "since": since})
+                        )
+                        subscribed = False
+                        while not (subscribed and len(items) >= args.expect):
+                            reply = json.loads(await asyncio.wait_for(ws.recv(), args.timeout))
+                            kind = reply.get("type")
+                            if kind == "message":
+                                messages[index] += 1
+                                items.update(m[0] for m in ITEM.findall(reply.get("html", "")))
+                                since = reply.get("offset") or since
+                            elif kind == "subscribed":
+                                subscribed = True
+                            elif kind == "reset":
+                                resets[0] += 1
+                        done_at[index] = time.time()
+                        received[index] = len(items)
+                        return
+                except (OSError, ConnectionClosed, asyncio.TimeoutError) as exc:
+                    errors.append(f"reconnect {type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.2 * (attempt + 1))
+        received[index] = len(items)
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(reconnect(i) for i in range(args.sockets))), args.timeout
+        )
+    times = sorted(t - t0 for t in done_at if t is not None)
+    return {
+        "sockets": args.sockets,
+        "open_seconds": open_seconds,
+        "closed_by_server_before_go": closed,
+        "caught_up": len(times),
+        "complete": len(times) == args.sockets,
+        "all_seconds": times[-1] if len(times) == args.sockets else None,
+        "p50_seconds": statistics.median(times) if times else None,
+        "first_seconds": times[0] if times else None,
+        "items_min": min(received),
+        "messages_per_socket_max": max(messages),
+        "resets": resets[0],
+        "errors": errors[:20],
+        "error_count": len(errors),
+    }
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -172,5 +309,10 @@ if __name__ == "__main__":
     parser.add_argument("--expect", type=int, required=True, help="distinct items per socket")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--concurrency", type=int, default=50, help="handshakes at once")
-    result = asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--catch-up", action="store_true", help="F4 (see above)")
+    parser.add_argument(
+        "--reconnect-concurrency", type=int, default=10_000, help="F4: reconnects at once"
+    )
+    args = parser.parse_args()
+    result = asyncio.run(catch_up(args) if args.catch_up else main(args))
     print("RESULT " + json.dumps(result), flush=True)

@@ -41,6 +41,7 @@ class Client:
         expect: int,
         timeout: float,
         name: str,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.timeout = timeout
         log_path: Path = ctx.log_dir / f"client-{name}.log"
@@ -59,6 +60,7 @@ class Client:
                     str(expect),
                     "--timeout",
                     str(timeout),
+                    *extra,
                 ],
                 cwd=ROOT,
                 env=ctx.env,
@@ -72,6 +74,7 @@ class Client:
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         ready = json.loads(self._line("READY", 120 + sockets * 0.1))
+        self.ready = ready
         self.open_seconds = ready["open_seconds"]
         self.open_errors = ready["open_error_count"]
         if self.open_errors:
@@ -99,6 +102,11 @@ class Client:
             if line.startswith(prefix + " "):
                 return line[len(prefix) + 1 :]
 
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
     def result(self) -> dict[str, Any]:
         try:
             return json.loads(self._line("RESULT", self.timeout + 30))
@@ -120,13 +128,34 @@ class Client:
                 self.proc.wait(5)
 
 
-def wait_idle(broker: redis.Redis, timeout: float = 60) -> None:
-    """Wait until the worker has taken everything from both queues."""
-    deadline = time.monotonic() + timeout
-    while broker.llen(conf.get("QUEUE")) or broker.llen(settings.NAIVE_QUEUE):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not drain its queues")
+def backlog(broker: redis.Redis) -> int:
+    """Broker messages not yet done: queued in either queue, or taken by the worker and not
+    yet acknowledged (kombu's ``unacked`` hash)."""
+    return int(
+        broker.llen(conf.get("QUEUE")) + broker.llen(settings.NAIVE_QUEUE) + broker.hlen("unacked")
+    )
+
+
+def wait_idle(broker: redis.Redis, timeout: float = 60) -> float:
+    """Wait until both queues are empty and the worker holds no unacknowledged message;
+    return how long that took."""
+    start = time.monotonic()
+    while backlog(broker):
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(
+                f"the worker did not drain its queues within {timeout:.0f}s "
+                f"({backlog(broker)} messages left)"
+            )
         time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def history_groups(keys: list[Any], r: int, off: Callable[[Any], bool]) -> list[Any]:
+    """``keys`` ordered so that the worker and ASGI server restart once per round: the
+    history-on variants first in even rounds, the history-off ones first in odd rounds."""
+    on = [k for k in keys if not off(k)]
+    offs = [k for k in keys if off(k)]
+    return on + offs if r % 2 == 0 else offs + on
 
 
 def produce(model: Any, room: Room, count: int, batch: int) -> None:
@@ -144,6 +173,8 @@ def produce(model: Any, room: Room, count: int, batch: int) -> None:
 
 F1_VARIANTS = {
     "turbo_tasks": "turbo_tasks, transactions of {batch} saves",
+    "turbo_tasks_nohistory": "turbo_tasks with catch-up off (HISTORY_LENGTH 0), "
+    "transactions of {batch} saves",
     "naive": "naive Celery task per save, transactions of {batch} saves",
     "turbo_tasks_autocommit": "turbo_tasks, one save per transaction (autocommit)",
 }
@@ -159,6 +190,7 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     batch = cfg["batch"]
     plan = {
         "turbo_tasks": (Message, cfg["changes"], batch, conf.get("QUEUE")),
+        "turbo_tasks_nohistory": (Message, cfg["changes"], batch, conf.get("QUEUE")),
         "naive": (NaiveMessage, cfg["naive_changes"], batch, settings.NAIVE_QUEUE),
         "turbo_tasks_autocommit": (Message, cfg["autocommit_changes"], 1, conf.get("QUEUE")),
     }
@@ -166,10 +198,11 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     values: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in keys}
     complete: dict[tuple[str, str], int] = dict.fromkeys(keys, 0)
     for r in range(cfg["rounds"]):
-        for name, mode in keys:
+        for name, mode in history_groups(keys, r, lambda k: k[0].endswith("_nohistory")):
             model, count, size, queue_name = plan[name]
-            ctx.check_alive()
             wait_idle(broker)
+            ctx.set_history(not name.endswith("_nohistory"))
+            ctx.check_alive()
             checkpoint()
             room = Room.objects.create(name=f"f1-{name}-{mode}-{r}")
             client = Client(
@@ -244,6 +277,7 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
 
 F2_VARIANTS = {
     "turbo_tasks": "turbo_tasks, autocommit saves",
+    "turbo_tasks_nohistory": "turbo_tasks with catch-up off (HISTORY_LENGTH 0), autocommit saves",
     "naive": "naive Celery task per save, autocommit saves",
 }
 
@@ -252,7 +286,11 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     broker = redis.Redis.from_url(settings.REDIS_URL)
     rate = cfg["rate"]
     count = int(cfg["seconds"] * rate)
-    models = {"turbo_tasks": Message, "naive": NaiveMessage}
+    models = {
+        "turbo_tasks": Message,
+        "turbo_tasks_nohistory": Message,
+        "naive": NaiveMessage,
+    }
     per_round: dict[str, dict[str, list[float]]] = {v: {} for v in models}
     pooled: dict[str, list[float]] = {v: [] for v in models}
     save_ms: dict[str, list[float]] = {v: [] for v in models}
@@ -263,10 +301,17 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     to_render_ms: dict[str, list[float]] = {v: [] for v in models}
     to_socket_ms: dict[str, list[float]] = {v: [] for v in models}
     lost: dict[str, int] = dict.fromkeys(models, 0)
+    # Start on an idle worker: a backlog F1 left (e.g. an incomplete round) would otherwise
+    # be delivered ahead of F2's first round and land in its latencies.
+    left = backlog(broker)
+    waited = wait_idle(broker, cfg.get("idle_timeout", 300))
+    log(f"  F2: broker backlog {left} message(s) at the start, drained in {waited:.1f}s")
     for r in range(cfg["rounds"]):
-        for name, model in models.items():
-            ctx.check_alive()
+        for name in history_groups(list(models), r, lambda k: k.endswith("_nohistory")):
+            model = models[name]
             wait_idle(broker)
+            ctx.set_history(not name.endswith("_nohistory"))
+            ctx.check_alive()
             room = Room.objects.create(name=f"f2-{name}-{r}", stamped=True)
             warm = int(cfg["warmup_seconds"] * rate)
             client = Client(
@@ -313,6 +358,8 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
         "rate": rate,
         "variants": F2_VARIANTS,
         "config": {**cfg, "changes_per_round": count, "pool": ctx.pool},
+        "backlog_at_start": left,
+        "backlog_drain_seconds": waited,
         "values": {
             name: {
                 **{key: summary(vals) for key, vals in per_round[name].items()},
@@ -339,6 +386,7 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
 
 def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     broker = redis.Redis.from_url(settings.REDIS_URL)
+    ctx.set_history(True)
     actions = cfg["actions"]
     out: dict[str, Any] = {}
     for n in cfg["sockets"]:
@@ -387,4 +435,112 @@ def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
         "unit": "ms, time.time() before the save → frame at all / the median socket",
         "config": {**cfg, "pool": ctx.pool},
         "per_sockets": out,
+    }
+
+
+# -- F4 ----------------------------------------------------------------------------------
+
+
+def stream_seq(channels: redis.Redis, group: str) -> int:
+    """The stream's sequence number: frames appended to its history so far."""
+    from channels.layers import get_channel_layer
+
+    prefix = get_channel_layer().prefix
+    return int(channels.hget(f"{prefix}:turbo_tasks:meta:{group}", "seq") or 0)
+
+
+def spy(ctx: Any, pids: dict[str, int], label: str) -> list[subprocess.Popen[bytes]]:
+    """With --profile and py-spy installed: sample each process for 15 s into
+    bench/results/profile_<label>-<name>.txt (collapsed stacks, for flame graphs)."""
+    import shutil
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not ctx.args.profile or not Path(exe).exists():
+        return []
+    out = ctx.log_dir.parent
+    return [
+        subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                "15",
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(out / f"profile_{label}-{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def f4(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Catch-up after a server restart: N sockets on one stream, the ASGI server restarts,
+    ``frames`` changes are committed and pushed while it is down, then every socket
+    reconnects at once with its ``since``: time until each has all frames and
+    ``subscribed``."""
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    channels = redis.Redis.from_url(settings.CHANNEL_REDIS_URL)
+    n, frames = cfg["sockets"], cfg["frames"]
+    per_round: dict[str, list[float]] = {}
+    rounds = []
+    for r in range(cfg["rounds"]):
+        wait_idle(broker)
+        ctx.set_history(True)
+        ctx.check_alive()
+        checkpoint()
+        room = Room.objects.create(name=f"f4-{r}")
+        group = room.stream.group_name
+        client = Client(
+            ctx,
+            room.stream.signed_name,
+            sockets=n,
+            expect=frames,
+            timeout=cfg["timeout"],
+            name="f4",
+            extra=("--catch-up",),
+        )
+        before = stream_seq(channels, group)
+        ctx.stop_asgi()
+        down_at = time.monotonic()
+        for i in range(frames):
+            Message.objects.create(room=room, text=f"f4 {i}")
+        wait_idle(broker)
+        pushed = stream_seq(channels, group) - before
+        if pushed != frames:
+            log(f"  F4: {pushed} frames in the history while the server was down, not {frames}")
+        ctx.start_asgi()
+        down_s = time.monotonic() - down_at
+        spies = spy(ctx, {"asgi": ctx.asgi.pid, "client": client.proc.pid}, f"f4-{r}")
+        time.sleep(0.2)
+        client.send("GO")
+        res = client.result()
+        for proc in spies:
+            proc.wait(60)
+        for key in ("all_seconds", "p50_seconds", "first_seconds"):
+            if res[key] is not None:
+                per_round.setdefault(key, []).append(res[key])
+        rounds.append({**res, "frames_in_history": pushed, "server_down_seconds": down_s})
+        all_s = res["all_seconds"]
+        log(
+            f"  F4 round {r + 1}/{cfg['rounds']}: {res['caught_up']}/{n} sockets caught up "
+            f"on {pushed} frames; all in "
+            + (f"{all_s:.2f}s" if all_s is not None else "— (incomplete)")
+            + f", median socket {res['p50_seconds'] or 0:.2f}s; "
+            f"{res['error_count']} reconnect errors, {res['resets']} resets; "
+            f"subscribed in {client.open_seconds:.1f}s, server down {down_s:.1f}s"
+        )
+    return {
+        "unit": "s from the reconnect to every socket having all frames and `subscribed`",
+        "config": {**cfg, "pool": ctx.pool},
+        "values": {key: summary(vals) for key, vals in per_round.items()},
+        "complete": all(r["complete"] for r in rounds),
+        "rounds": rounds,
     }

@@ -226,6 +226,30 @@ def results_table(results: dict[str, Any]) -> str:
                     ]
                 )
             )
+    f4 = results.get("F4")
+    if f4:
+        cfg = f4["config"]
+        for metric, unit in (
+            ("all_seconds", "s reconnect → every socket caught up"),
+            ("p50_seconds", "s reconnect → median socket caught up"),
+            ("first_seconds", "s reconnect → first socket caught up"),
+        ):
+            s = f4["values"].get(metric)
+            if s and s["n"]:
+                lines.append(
+                    _row(
+                        [
+                            "F4",
+                            f"turbo_tasks, {cfg['frames']} frames missed during a server restart",
+                            cfg["sockets"],
+                            unit,
+                            s["min"],
+                            s["median"],
+                            s["max"],
+                            "",
+                        ]
+                    )
+                )
     return "\n".join(lines)
 
 
@@ -347,9 +371,42 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "result": _check(tt / naive >= 20),
                 }
             )
+        if "turbo_tasks_nohistory/live" in f1["values"]:
+            for mode in f1["modes"]:
+                on = f1["values"][f"turbo_tasks/{mode}"]["throughput"]
+                off = f1["values"][f"turbo_tasks_nohistory/{mode}"]["throughput"]
+                ratios = paired(on["values"], off["values"], lambda a, b: a / b if b else 0.0)
+                ratio = statistics.median(ratios)
+                cost = 1 - ratio
+                targets.append(
+                    {
+                        "target": f"F1 cost of catch-up (history on vs HISTORY_LENGTH 0), {mode}",
+                        "measured": f"on/off = {ratio:.3f}× (median of per-round ratios "
+                        f"{', '.join(f'{x:.2f}' for x in ratios)}; medians "
+                        f"{on['median']:,.0f} vs {off['median']:,.0f}/s): costs {cost:.1%}",
+                        "limit": "≤ 10% of throughput",
+                        "result": _check(cost <= 0.10),
+                    }
+                )
     f2 = results.get("F2")
     if f2:
         pooled = f2["values"]["turbo_tasks"]["pooled"]
+        off = f2["values"].get("turbo_tasks_nohistory")
+        if off:
+            on_p50 = f2["values"]["turbo_tasks"]["p50"]["values"]
+            deltas = paired(on_p50, off["p50"]["values"], lambda a, b: a - b)
+            delta = pooled["p50"] - off["pooled"]["p50"]
+            targets.append(
+                {
+                    "target": "F2 cost of catch-up on p50 latency (history on − off, pooled)",
+                    "measured": f"{delta:+.2f} ms ({pooled['p50']:.2f} vs "
+                    f"{off['pooled']['p50']:.2f} ms; ratio "
+                    f"{pooled['p50'] / off['pooled']['p50']:.2f}×; per round "
+                    f"{', '.join(f'{d:+.2f}' for d in deltas)} ms)",
+                    "limit": "≤ 1 ms",
+                    "result": _check(delta <= 1),
+                }
+            )
         targets.append(
             {
                 "target": f"F2 latency p50 at {f2['rate']} changes/s (pooled over rounds)",
@@ -388,6 +445,27 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "measured": ", ".join(f"N={n}: {r:g}" for n, r in renders.items()),
                 "limit": "exactly 1",
                 "result": _check(all(r == 1 for r in renders.values())),
+            }
+        )
+    f4 = results.get("F4")
+    if f4:
+        cfg = f4["config"]
+        all_s = f4["values"].get("all_seconds") or {"n": 0}
+        worst = all_s["max"] if all_s["n"] else None
+        targets.append(
+            {
+                "target": f"F4 catch-up: {cfg['sockets']} sockets reconnect at once after a "
+                f"server restart, {cfg['frames']} frames missed → all caught up",
+                "measured": (
+                    f"{all_s['median']:.2f} s (median of {all_s['n']} rounds; worst "
+                    f"{worst:.2f} s; median socket "
+                    f"{f4['values']['p50_seconds']['median']:.2f} s)"
+                    if all_s["n"]
+                    else "never complete"
+                )
+                + ("" if f4["complete"] else "; some rounds incomplete"),
+                "limit": "≤ 2 s",
+                "result": _check(bool(all_s["n"]) and all_s["median"] <= 2 and f4["complete"]),
             }
         )
     return targets

@@ -3,14 +3,16 @@
 
     .venv/bin/python bench/run.py                 # everything (~5-8 minutes here)
     .venv/bin/python bench/run.py --quick         # small N, under 2 minutes
-    .venv/bin/python bench/run.py --only W1,F2    # a subset
+    .venv/bin/python bench/run.py --only W1,F2    # a subset (W1,W2,F1,F2,F3,F4)
     make bench BENCH_ARGS="--quick --only F3"
 
 It starts everything it needs on free loopback ports and stops it at the end, on failure
 too: two redis-servers (Celery broker; channel layer), a SQLite file in a temp dir (on
 tmpfs when /dev/shm is writable), and for the F benchmarks one Celery worker process
 (``celery -A worker worker -Q turbo_tasks,bench_naive -c 1 --pool solo``) and uvicorn
-serving bench/asgi.py. Variants of one comparison alternate within each round (ABC ABC …).
+serving bench/asgi.py. Variants of one comparison alternate within each round (ABC ABC …);
+the catch-up-off variants of F1 and F2 restart the worker and the ASGI server with
+``HISTORY_LENGTH`` 0 (once per round), and F4 restarts the ASGI server on purpose.
 
 Writes bench/results/results.json, results.md and chart.png; logs go to
 bench/results/logs/. Prints the Markdown tables and the machine at the end.
@@ -46,7 +48,7 @@ else:
 from tests.procs import Process, accepts, free_port, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ("W1", "W2", "F1", "F2", "F3")
+BENCHES = ("W1", "W2", "F1", "F2", "F3", "F4")
 
 FULL: dict[str, dict[str, Any]] = {
     "W1": {
@@ -72,6 +74,7 @@ FULL: dict[str, dict[str, Any]] = {
     },
     "F2": {"rounds": 3, "rate": 100, "seconds": 5, "warmup_seconds": 0.5},
     "F3": {"sockets": [1, 100, 1000], "actions": 5, "gap": 0.5},
+    "F4": {"rounds": 3, "sockets": 1000, "frames": 50, "timeout": 60},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "W1": {**FULL["W1"], "rounds": 4, "saves": 100, "td_saves": {"default": 30, 10000: 10}},
@@ -87,6 +90,7 @@ QUICK: dict[str, dict[str, Any]] = {
     },
     "F2": {**FULL["F2"], "rounds": 2, "seconds": 2},
     "F3": {**FULL["F3"], "actions": 3, "gap": 0.3},
+    "F4": {**FULL["F4"], "rounds": 1},
 }
 
 
@@ -183,6 +187,8 @@ class Context:
         self.asgi: Process | None = None
         self.ws_url = ""
         self.env: dict[str, str] = {}
+        self.history = True  # catch-up (TURBO_TASKS["HISTORY_LENGTH"]) in worker and ASGI
+        self.history_switches = 0
 
     def log(self, message: str) -> None:
         log(message)
@@ -294,7 +300,8 @@ class Context:
             raise RuntimeError(f"the worker did not confirm add_consumer({queue!r})")
 
     def start_asgi(self) -> None:
-        port = free_port()
+        # A restart keeps the port: the clients of F4 reconnect to the same URL.
+        port = self.asgi_port = getattr(self, "asgi_port", None) or free_port()
         self.asgi = Process(
             "uvicorn",
             [
@@ -312,6 +319,37 @@ class Context:
         except TimeoutError:
             raise RuntimeError("uvicorn did not start:\n" + self.asgi.log()) from None
         self.ws_url = f"ws://127.0.0.1:{port}/ws/turbo/"
+
+    def stop_asgi(self) -> None:
+        """SIGTERM, as a deploy does (uvicorn closes the websockets, then exits)."""
+        assert self.asgi is not None
+        self.asgi.stop()
+        self.processes.remove(self.asgi)
+        self.asgi = None
+
+    def set_history(self, on: bool) -> None:
+        """Run the worker and the ASGI server with catch-up on (the default) or off
+        (``HISTORY_LENGTH`` 0): both are restarted when it changes."""
+        if on == self.history:
+            return
+        from django.conf import settings
+
+        self.history = on
+        self.history_switches += 1
+        turbo = {} if on else {"HISTORY_LENGTH": 0}
+        self.env["BENCH_TURBO_TASKS"] = json.dumps(turbo)
+        settings.TURBO_TASKS = dict(turbo)  # this process too (it renders no page, though)
+        for proc in (self.worker, self.asgi):
+            if proc is not None:
+                proc.stop()
+                self.processes.remove(proc)
+        self.worker = self.asgi = None
+        self.start_worker()
+        self.start_asgi()
+        # Freshly started processes are slow for a moment (imports, first connections, the
+        # other one still starting): in the first full run, F2's first round after a switch
+        # had a p95 of 261 ms against 8-16 ms in the others.
+        time.sleep(3)
 
     def check_alive(self) -> None:
         for proc in (self.worker, self.asgi):
@@ -435,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                 write.profile_fanout(1, 300) + "\n\n" + write.profile_fanout(100, 20)
             )
             log(f"profiles: {RESULTS / 'profile_write.txt'}, profile_fanout.txt")
-        f_benches = [b for b in ("F1", "F2", "F3") if b in args.only]
+        f_benches = [b for b in ("F1", "F2", "F3", "F4") if b in args.only]
         if f_benches:
             if args.layer == "core":
                 write.Queues().flush()

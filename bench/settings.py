@@ -8,6 +8,7 @@ sees the other's writes.
 
 from __future__ import annotations
 
+import json
 import os
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")  # Celery broker
@@ -74,7 +75,9 @@ CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route", {"bench.*": {"queue": NAIVE_QUE
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_DB_REUSE_MAX = 100
 
-TURBO_TASKS: dict = {}  # defaults: direct publish mode, queue "turbo_tasks"
+# Defaults (direct publish mode, queue "turbo_tasks", catch-up on); bench/run.py switches
+# catch-up off for the "nohistory" variants with BENCH_TURBO_TASKS='{"HISTORY_LENGTH": 0}'.
+TURBO_TASKS: dict = json.loads(os.environ.get("BENCH_TURBO_TASKS") or "{}")
 
 LOGGING = {
     "version": 1,
