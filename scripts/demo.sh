@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the example chat site: migrate, seed the demo users, then start the ASGI server, a
 # Celery worker, Flower and (when none answers at REDIS_URL) a redis-server, all under honcho:
-# one log stream, and Ctrl-C stops every one of them. `make demo` installs, then runs this.
+# one log stream, and Ctrl-C (or a SIGTERM to its process group) stops every one of them; a
+# SIGKILL of the group kills them all too. `make demo` installs, then runs this.
 #
 # Environment (all optional):
 #   PORT         site port (default 8000; a free one if that is busy)
@@ -114,6 +115,12 @@ EOF
 )
 eval "$assignments"
 
+# The Procfile starts every process with `setpriv --pdeathsig KILL`, so that none outlives
+# honcho (a supervisor that SIGKILLs our process group kills honcho only).
+command -v setpriv >/dev/null || {
+    echo "demo: setpriv is not installed (Debian/Ubuntu: apt-get install util-linux)." >&2
+    exit 1
+}
 processes=(web worker flower)
 if [[ $START_REDIS == 1 ]]; then
     command -v redis-server >/dev/null || {
@@ -138,6 +145,8 @@ cat <<EOF
 EOF
 
 # honcho gives web the base port (it must come first), prefixes every line with its process
-# and stops them all when one exits or on Ctrl-C. exec: no shell is left to orphan anything.
+# and stops them all when one exits, on Ctrl-C or on SIGTERM (SIGKILLing what is left after
+# 5 s). exec: no shell stays between the caller and honcho, and the Procfile's setpriv makes
+# honcho's children die with honcho.
 # No .env file: the demo takes its settings from the environment only.
 exec "$VENV/bin/honcho" start --procfile Procfile --env /dev/null --port "$PORT" "${processes[@]}"

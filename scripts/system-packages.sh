@@ -5,6 +5,7 @@ set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v setpriv >/dev/null || need+=(util-linux) # the demo's Procfile
 command -v node >/dev/null || need+=(nodejs npm)
 for extra in "$@"; do
     case $extra in

@@ -20,12 +20,20 @@ from tests.conftest import ROOT
 APP_VARIABLES = {"DJANGO_SETTINGS_MODULE": "example.settings", "REDIS_URL": None}
 COMPOSE_REDIS_URL = "redis://redis:6379/0"
 ONLY_LOCAL = {"redis"}  # the demo's own redis-server; compose uses the redis image
+# How the Procfile makes honcho's children die with honcho; a container needs none of it.
+SUPERVISION_PREFIX = "exec setpriv --pdeathsig KILL -- "
 
 
 def _normalise(command: str) -> str:
     """One spelling for a command: ``${VAR}`` and ``$VAR`` alike, single spaces."""
     command = re.sub(r"\$\{(\w+)\}", r"$\1", command)
     return " ".join(command.split())
+
+
+def _procfile_command(line: str) -> str | None:
+    """The command a Procfile line runs, without its supervision prefix (None: it has none)."""
+    line = _normalise(line)
+    return line[len(SUPERVISION_PREFIX) :] if line.startswith(SUPERVISION_PREFIX) else None
 
 
 def _compose_command(service: dict[str, Any]) -> str | None:
@@ -68,6 +76,10 @@ def compose_problems(procfile: str, compose: dict[str, Any], demo_script: str) -
         for variable in variables | set(APP_VARIABLES):
             if not re.search(rf"\bexport {variable}\b", demo_script):
                 problems.append(f"scripts/demo.sh does not export {variable} (Procfile {name})")
+        procfile_command = _procfile_command(line)
+        if procfile_command is None:
+            problems.append(f"Procfile {name}: does not start with {SUPERVISION_PREFIX!r}")
+            procfile_command = _normalise(line)
         if name in ONLY_LOCAL:
             continue
         service = services.get(name)
@@ -75,8 +87,8 @@ def compose_problems(procfile: str, compose: dict[str, Any], demo_script: str) -
             problems.append(f"Procfile process {name!r} has no compose service")
             continue
         command = _compose_command(service)
-        if command != _normalise(line):
-            problems.append(f"{name}: compose runs {command!r}, the Procfile {_normalise(line)!r}")
+        if command != procfile_command:
+            problems.append(f"{name}: compose runs {command!r}, the Procfile {procfile_command!r}")
         env = _environment(service)
         for variable in sorted(variables | set(APP_VARIABLES)):
             if variable not in env:
@@ -166,8 +178,15 @@ def test_equivalent_spellings_are_not_drift(copy: Path) -> None:
 
 def test_a_new_procfile_process_needs_a_service(copy: Path) -> None:
     with open(copy / "Procfile", "a") as procfile:
-        procfile.write("beat: celery -A worker beat\n")
-    assert "Procfile process 'beat' has no compose service" in _problems(copy)
+        procfile.write("beat: exec setpriv --pdeathsig KILL -- celery -A worker beat\n")
+    assert _problems(copy) == ["Procfile process 'beat' has no compose service"]
+
+
+def test_a_procfile_process_that_would_outlive_honcho_is_caught(copy: Path) -> None:
+    _edit(copy / "Procfile", "flower: exec setpriv --pdeathsig KILL -- celery", "flower: celery")
+    assert _problems(copy) == [
+        "Procfile flower: does not start with 'exec setpriv --pdeathsig KILL -- '"
+    ]
 
 
 def test_a_missing_variable_is_caught(copy: Path) -> None:

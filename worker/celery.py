@@ -7,9 +7,14 @@ Every ``CELERY_*`` Django setting becomes Celery configuration (``CELERY_BROKER_
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_shutting_down
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
 
@@ -19,3 +24,36 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # happens to switch them on.
 app.conf.worker_send_task_events = True
 app.autodiscover_tasks()
+
+# Seconds a worker may take to stop once told to (SIGTERM, SIGINT, SIGQUIT) before it exits
+# anyway. Some of its broker writes are retried forever while the broker is gone (kombu's
+# ensure() without max_retries: event heartbeats, replies to control commands), and a
+# further SIGTERM only sets a flag that the stuck main thread never reads. Messages it still
+# held come back after the broker's visibility_timeout, as after a SIGKILL.
+SHUTDOWN_TIMEOUT = 10.0
+EXIT_CODE_GAVE_UP = 70  # EX_SOFTWARE
+
+_deadline: threading.Timer | None = None
+
+
+@worker_shutting_down.connect
+def _bound_shutdown(sig: str = "", how: str = "", **kwargs: Any) -> None:
+    """Start the clock on the first shutdown signal (sent in the worker's main process)."""
+    global _deadline
+    if _deadline is not None:
+        return
+    _deadline = threading.Timer(SHUTDOWN_TIMEOUT, _give_up, args=(sig, how))
+    _deadline.daemon = True  # a shutdown that finishes in time is not held up by it
+    _deadline.start()
+
+
+def _give_up(sig: str, how: str) -> None:
+    message = (
+        f"worker: {how or 'the'} shutdown ({sig}) did not finish within {SHUTDOWN_TIMEOUT:g}s"
+        " (is the broker gone?); exiting now\n"
+    )
+    # os.write, not logging: the stuck thread may hold a logging lock. OSError: e.g. nobody
+    # reads the log any more.
+    with contextlib.suppress(OSError):
+        os.write(sys.__stderr__.fileno() if sys.__stderr__ else 2, message.encode())
+    os._exit(EXIT_CODE_GAVE_UP)
