@@ -23,7 +23,7 @@ from bench.benchapp.models import Message, NaiveMessage, Room
 from bench.benchapp.templatetags.bench_tags import RENDERS_KEY
 from bench.report import percentile, summary
 from bench.write import checkpoint
-from tests.procs import ROOT
+from scripts.procs import ROOT
 from turbo_tasks import conf
 
 CLIENT = ROOT / "bench" / "client.py"

@@ -45,7 +45,7 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
 else:
     sys.path.insert(0, str(ROOT))
 
-from tests.procs import Process, accepts, free_port, wait_for  # noqa: E402
+from scripts.procs import Process, accepts, free_port, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BENCHES = ("W1", "W2", "F1", "F2", "F3", "F4")

@@ -51,7 +51,6 @@ Logs of every process: artifacts/chaos/<mode>/. See docs/reliability.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -74,7 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.procs import accepts, free_port  # noqa: E402
+from scripts.procs import Process, accepts, free_port  # noqa: E402
 
 LISTENERS = ROOT / "scripts" / "chaos" / "listeners.py"
 PAGES = ROOT / "scripts" / "chaos" / "pages.py"
@@ -108,56 +107,6 @@ def wait_until(condition: Any, timeout: float, what: str, closing: Any = None) -
 # -- processes ---------------------------------------------------------------------------------
 
 
-class Proc:
-    """A subprocess in a session of its own (Ctrl-C reaches only the orchestrator, which
-    stops everything in order; a SIGKILL of the group takes a prefork pool with it)."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log_path = log
-        with open(log, "ab") as out:
-            self.popen = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signum)
-
-    def kill(self) -> None:
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait(30)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        # Whatever is left of the group (pool children), and the leader if it hung.
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
 class Stack:
     """Redis, worker, ASGI server and listeners of one mode. Start/stop are serialized
     with the chaos thread, and nothing starts once ``close()`` began."""
@@ -169,10 +118,10 @@ class Stack:
         self.logs = logs
         self.lock = threading.RLock()
         self.closing = False
-        self.procs: list[Proc] = []
-        self.redis: Proc | None = None
-        self.worker: Proc | None = None
-        self.asgi: Proc | None = None
+        self.procs: list[Process] = []
+        self.redis: Process | None = None
+        self.worker: Process | None = None
+        self.asgi: Process | None = None
         self.asgi_starts = 0
         self.workers_started = 0
         # Set while the chaos thread kills and replaces the worker on purpose.
@@ -196,11 +145,11 @@ class Stack:
         )
         self.env.pop("TURBO_TEST_CHANNEL_REDIS_URL", None)  # one Redis for both
 
-    def _spawn(self, name: str, argv: list[str], log: str) -> Proc:
+    def _spawn(self, name: str, argv: list[str], log: str) -> Process:
         with self.lock:
             if self.closing:
                 raise Aborted("stack is closing")
-            proc = Proc(name, argv, self.env, self.logs / log)
+            proc = Process(name, argv, self.env, self.logs, log)
             self.procs.append(proc)
             return proc
 
@@ -262,8 +211,8 @@ class Stack:
 
         def ready() -> bool:
             if not proc.alive():
-                raise Aborted(f"worker {name} exited:\n{proc.tail()}")
-            return " ready." in proc.tail(20000)
+                raise Aborted(f"worker {name} exited:\n{proc.log()}")
+            return " ready." in proc.log(20000)
 
         wait_until(ready, 90, f"worker {name} to be ready", self.is_closing)
 
@@ -277,7 +226,7 @@ class Stack:
         worker = self.worker
         if self.closing or self.on_purpose or worker is None or worker.alive():
             return
-        tail = worker.tail(20000).splitlines()
+        tail = worker.log(20000).splitlines()
         reason = next(
             (line for line in reversed(tail) if "CRITICAL" in line or "Unrecoverable" in line),
             tail[-1] if tail else "",
@@ -286,7 +235,7 @@ class Stack:
             {
                 "at_s": round(time.monotonic() - self.t0, 2),
                 "worker": worker.name,
-                "returncode": worker.popen.returncode,
+                "returncode": worker.proc.returncode,
                 "reason": reason[:300],
                 "log": worker.log_path.name,
             }
@@ -312,7 +261,7 @@ class Stack:
         self.asgi = proc = self._spawn("asgi", argv, "asgi.log")
         wait_until(lambda: accepts(self.asgi_port), 60, "uvicorn to listen", self.is_closing)
         if not proc.alive():
-            raise Aborted(f"uvicorn exited:\n{proc.tail()}")
+            raise Aborted(f"uvicorn exited:\n{proc.log()}")
 
     def stop_asgi(self) -> None:
         """SIGTERM, as a deploy does: uvicorn closes the websockets (the consumers'
@@ -371,7 +320,7 @@ def turbo_tasks_settings(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 class Feed:
     """What a listener saw, read incrementally from its JSON-lines file."""
 
-    def __init__(self, path: Path, proc: Proc) -> None:
+    def __init__(self, path: Path, proc: Process) -> None:
         self.path = path
         self.proc = proc
         self.pos = 0

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.procs import free_port
+from scripts.procs import free_port
 
 REDIS_PORT = int(os.environ.setdefault("TURBO_TEST_REDIS_PORT", str(free_port())))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"

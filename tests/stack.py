@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.cookiejar
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -20,10 +19,7 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
-import redis
-
-from tests.conftest import ROOT, Process, _ping, wait_for
-from tests.procs import accepts, free_port
+from tests.helpers import ROOT, accepts
 
 PASSWORD = "turbo-demo"  # example/chat/management/commands/seed_demo.py
 
@@ -39,24 +35,6 @@ def example_env(db_path: Path, redis_url: str, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-
-
-def start_redis(name: str) -> tuple[Process, str]:
-    """A redis-server on a free port; returns it and its URL."""
-    port = free_port()
-    server = Process(
-        f"{name}-{port}",
-        [
-            shutil.which("redis-server") or "redis-server",
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        ],
-    )
-    try:
-        wait_for(lambda: _ping(redis.Redis(port=port)), 20, f"redis-server on port {port}")
-    except AssertionError:
-        server.stop()
-        raise
-    return server, f"redis://127.0.0.1:{port}/0"
 
 
 def manage(env: dict[str, str], *args: str) -> str:

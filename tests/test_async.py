@@ -16,11 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ACTIONS = ["append", "prepend", "replace", "update", "before", "after"]
 
 
-@pytest.fixture
-def room():
-    return Room.objects.create(name="lobby")
-
-
 def save_job(message, created):
     return {"action": "save", "model": "testapp.message", "pk": message.pk, "created": created}
 

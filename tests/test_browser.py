@@ -20,8 +20,8 @@ import pytest
 from celery import Celery
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import ROOT, Process, wait_for
-from tests.stack import HttpClient, example_env, free_port, manage, start_redis
+from tests.helpers import ROOT, Process, free_port, start_redis, wait_for
+from tests.stack import HttpClient, example_env, manage
 
 SCREENSHOTS = ROOT / "artifacts" / "browser"
 CHROMIUM = "/usr/bin/chromium"

@@ -13,7 +13,7 @@ from django.db import connection
 from django.template import Context, Template
 from django.test import override_settings
 
-from tests.conftest import WsClient, wait_for
+from tests.helpers import WsClient, wait_for
 from tests.testapp.models import Message, Room
 from turbo_tasks import history, layers
 
@@ -24,11 +24,6 @@ pytestmark = [
 
 TIMEOUT = 30
 FRAME_ID = re.compile(r'<p id="(message-\d+)">')
-
-
-@pytest.fixture
-def room():
-    return Room.objects.create(name="lobby")
 
 
 def replayed(client: WsClient, start: int) -> list[dict]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # Read by example.settings / worker.celery rather than by a Procfile line, and needed by
 # every process all the same.

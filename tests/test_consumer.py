@@ -24,7 +24,7 @@ from django.core import signing
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import WsClient, _env, open_websocket, start_asgi, wait_for
+from tests.helpers import WsClient, open_websocket, start_asgi, test_env, wait_for
 from tests.testapp.models import Room
 from tests.testapp.streams import NotificationStream
 from turbo_tasks import conf
@@ -128,11 +128,6 @@ def in_memory_layer(request):
 @pytest.fixture
 def rooms():
     return [Room.objects.create(name=f"room {i}") for i in range(3)]
-
-
-@pytest.fixture
-def room(rooms):
-    return rooms[0]
 
 
 @pytest.fixture
@@ -702,7 +697,7 @@ def test_idle_socket_survives_the_channels_docs_configuration(redis_server, room
     # CHANNEL_LAYERS as the Channels docs show it: hosts [("127.0.0.1", port)], no socket
     # timeout. redis-py 8's default (5 s) equals channels_redis' blocking read, which used
     # to close every idle socket with 1011 within ~5 s.
-    env = _env()
+    env = test_env()
     env["TURBO_TEST_DOCS_CHANNEL_LAYER"] = "1"
     server, port = start_asgi("docs-layer-asgi", env)
     try:

@@ -33,11 +33,6 @@ def delete(message):
     }
 
 
-@pytest.fixture
-def room():
-    return Room.objects.create(name="lobby")
-
-
 def frames(jobs):
     return [b.html for b in delivery.render(jobs).broadcasts]
 

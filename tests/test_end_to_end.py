@@ -11,7 +11,8 @@ from tests.testapp.streams import NotificationStream
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("celery_worker_process"),
+    # pytest-celery's in-process worker: nothing here is about the worker process itself.
+    pytest.mark.usefixtures("celery_session_worker"),
 ]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import urllib.request
@@ -18,21 +17,21 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-import redis
 from django.core.management import call_command
 from django.test import override_settings
 
-from tests.conftest import (
+from tests.helpers import (
     Process,
     WsClient,
-    _env,
-    _ping,
+    accepts,
+    free_port,
     open_websocket,
     start_asgi,
+    start_redis,
     start_worker,
+    test_env,
     wait_for,
 )
-from tests.procs import accepts, free_port
 from tests.testapp.models import Gated, Message, Room
 from turbo_tasks import outbox
 from turbo_tasks.models import OutboxJob
@@ -51,21 +50,7 @@ class ChannelRedis:
         self.server: Process | None = None
 
     def start(self) -> None:
-        self.server = Process(
-            f"channel-redis-{self.port}",
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        )
-        wait_for(lambda: _ping(redis.Redis(port=self.port)), 20, "the channel-layer Redis")
+        self.server, _ = start_redis("channel-redis", self.port)
 
     def stop(self) -> None:
         assert self.server is not None
@@ -83,7 +68,7 @@ def channel_redis(redis_server):
 
 
 def _fault_env(channel_redis: ChannelRedis) -> dict[str, str]:
-    env = _env()
+    env = test_env()
     env["TURBO_TEST_CHANNEL_REDIS_URL"] = channel_redis.url
     env["TURBO_TEST_TURBO_TASKS"] = json.dumps(FAULT_SETTINGS)
     env["TURBO_TEST_VISIBILITY_TIMEOUT"] = "5"

@@ -14,8 +14,8 @@ from django.db import connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from tests.conftest import celery_app, free_port, wait_for
-from tests.testapp.models import Message, Room
+from tests.helpers import celery_app, free_port, wait_for
+from tests.testapp.models import Message
 from turbo_tasks import outbox, publish
 from turbo_tasks.models import OutboxJob
 
@@ -26,11 +26,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def durable(broker):
     with override_settings(TURBO_TASKS=durable_settings(broker)):
         yield broker
-
-
-@pytest.fixture
-def room():
-    return Room.objects.create(name="lobby")
 
 
 class BrokerDown:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import django
 import pytest
 
-from tests.testapp.models import Message, Room
+from tests.testapp.models import Message
 from turbo_tasks.rendering import render_frame
 from turbo_tasks.testing import capture_broadcasts
 
@@ -19,11 +19,6 @@ before_django_6 = pytest.mark.skipif(
     django.VERSION >= (6, 0), reason="the error is for Django < 6.0, which has no partials"
 )
 PARTIAL = "chat/room.html#message"
-
-
-@pytest.fixture
-def room():
-    return Room.objects.create(name="lobby")
 
 
 @needs_django_6

@@ -12,7 +12,7 @@ from celery import Celery
 from celery.signals import before_task_publish
 from django.test import override_settings
 
-from tests.conftest import celery_app, free_port
+from tests.helpers import celery_app, free_port
 from turbo_tasks import publish
 
 JOBS = [{"action": "save", "model": "testapp.message", "pk": 5, "created": True}]

@@ -7,23 +7,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 
 import pytest
-import redis
 from django.test import override_settings
 
-from tests.conftest import (
-    Process,
+from tests.helpers import (
     WsClient,
-    _env,
-    _ping,
     open_websocket,
     start_asgi,
+    start_redis,
     start_worker,
+    test_env,
     wait_for,
 )
-from tests.procs import free_port
 from tests.testapp.models import Message, Room
 from turbo_tasks import history, layers
 
@@ -32,22 +28,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 QUEUE = "sharded"
 
 
-def _redis(name: str) -> tuple[Process, str]:
-    port = free_port()
-    server = Process(
-        f"{name}-{port}",
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    )  # fmt: skip
-    wait_for(lambda: _ping(redis.Redis(port=port)), 20, f"redis-server {name}")
-    return server, f"redis://127.0.0.1:{port}/0"
-
-
 @pytest.fixture(scope="module")
 def sharded(redis_server):
-    shards = [_redis("shard-a"), _redis("shard-b")]
+    shards = [start_redis("shard-a"), start_redis("shard-b")]
     urls = ",".join(url for _, url in shards)
-    env = _env()
+    env = test_env()
     env["TURBO_TEST_CHANNEL_REDIS_URL"] = urls
     env["TURBO_TEST_TURBO_TASKS"] = json.dumps({"QUEUE": QUEUE})
     processes = [server for server, _ in shards]

@@ -23,7 +23,7 @@ import pytest
 import redis
 from celery.utils.imports import symbol_by_name
 
-from tests.conftest import Process, celery_app, wait_for
+from tests.helpers import Process, celery_app, wait_for
 from turbo_tasks import _guard
 from turbo_tasks.publish import RedisPublisher
 

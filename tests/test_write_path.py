@@ -16,15 +16,10 @@ from django.core.management import call_command
 from django.db import transaction
 from django.test import override_settings
 
-from tests.conftest import celery_app, free_port
+from tests.helpers import celery_app, free_port
 from tests.testapp.models import Member, Message, Room, Unstreamed
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
-
-
-@pytest.fixture
-def room():
-    return Room.objects.create(name="lobby")
 
 
 def test_nothing_is_published_before_commit(broker, room):

@@ -1,6 +1,6 @@
-"""Process helpers shared by the test suite, the benchmark (bench/) and the chaos run
-(scripts/chaos.py): free ports, polling waits and subprocesses in their own session. Plain
-Python: no pytest, no Django settings."""
+"""Process helpers shared by the test suite (tests/helpers.py), the benchmark (bench/) and
+the chaos run (scripts/chaos.py): free ports, polling waits and subprocesses in their own
+session. Plain Python: no pytest, no Django settings."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / "artifacts" / "logs"
 
 
 def wait_for(
@@ -52,19 +53,31 @@ def accepts(port: int) -> bool:
 
 
 class Process:
-    """A subprocess in its own session (so its children stop with it), output to a log.
-    (The test suite's fixtures use tests/conftest.py's restartable ``Process``.)"""
+    """A subprocess in its own session (so its children stop with it), its output appended
+    to ``<log_dir>/<name>.log``. ``start()`` runs it again after ``stop()``."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        log_dir: Path = LOG_DIR,
+        log_name: str | None = None,
+    ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.args = args
-        self.log_path = log_dir / f"{name}.log"
+        self.env = dict(os.environ) if env is None else env
+        self.log_path = log_dir / (log_name or f"{name}.log")
+        self.proc: subprocess.Popen[bytes]
+        self.start()
+
+    def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                args,
+                self.args,
                 cwd=ROOT,
-                env=env,
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -78,18 +91,25 @@ class Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process and everything it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
+
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL the group (a worker and its pool children, at once)."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout)
+
     def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the group we created for it
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGTERM the group we made for it and wait ``timeout`` seconds; then SIGKILL
+        whatever is left of the group (pool children, or the leader if it hung)."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
 
     def log(self, chars: int = 4000) -> str:
