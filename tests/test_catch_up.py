@@ -4,6 +4,7 @@ Celery worker and Redis."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -13,7 +14,7 @@ from django.db import connection
 from django.template import Context, Template
 from django.test import override_settings
 
-from tests.helpers import WsClient, wait_for
+from tests.helpers import WsClient, free_port, wait_for
 from tests.testapp.models import Message, Room
 from turbo_tasks import history, layers
 
@@ -242,3 +243,20 @@ def test_rendering_many_streams_costs_one_redis_round_trip(monkeypatch):
     )
     assert html.count(" since=") == 5
     assert calls == ["EVAL"]
+
+
+def test_page_renders_without_since_when_the_channel_layer_redis_is_down(caplog):
+    dead = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+    }
+    with (
+        override_settings(CHANNEL_LAYERS={"default": dead}),
+        caplog.at_level(logging.WARNING, logger="turbo_tasks"),
+    ):
+        html = Template("{% load turbo_tasks %}{% turbo_subscribe room %}").render(
+            Context({"room": Room(pk=7)})
+        )
+    assert "signed-stream-name=" in html
+    assert "since=" not in html
+    assert "rendering 1 stream(s) without since" in caplog.text

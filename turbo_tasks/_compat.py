@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis
 import redis.exceptions
+import redis.sentinel
 from channels_redis.core import RedisChannelLayer
 
 # -- Django: transaction.on_commit bookkeeping ----------------------------------------------
@@ -50,16 +52,20 @@ def group_connection(layer: RedisChannelLayer, group: str) -> Any:
 _sync_pools: dict[tuple[int, int], Any] = {}
 
 
+# A page render waits on the sync client: never longer than this per command.
+SYNC_TIMEOUT_SECONDS = 2.0
+
+
 def sync_client(layer: RedisChannelLayer, index: int) -> Any:
     """A synchronous redis-py client for shard ``index`` of ``layer``, configured from the
-    same ``hosts`` entry as channels_redis' own (asyncio) pool for that shard."""
+    same ``hosts`` entry as channels_redis' own (asyncio) pool for that shard, with socket
+    timeouts of at most SYNC_TIMEOUT_SECONDS."""
     key = (id(layer), index)
     pool = _sync_pools.get(key)
     if pool is None:
-        import redis
-        import redis.sentinel
-
         host = dict(layer.hosts[index])
+        for option in ("socket_timeout", "socket_connect_timeout"):
+            host[option] = min(host.get(option) or SYNC_TIMEOUT_SECONDS, SYNC_TIMEOUT_SECONDS)
         if "address" in host:
             pool = redis.ConnectionPool.from_url(host.pop("address"), **host)
         elif "master_name" in host:
@@ -70,8 +76,6 @@ def sync_client(layer: RedisChannelLayer, index: int) -> Any:
         else:
             pool = redis.ConnectionPool(**host)
         _sync_pools[key] = pool
-    import redis
-
     return redis.Redis(connection_pool=pool)
 
 

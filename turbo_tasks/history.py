@@ -22,6 +22,7 @@ offset of the old one is recognised as unusable, never mistaken for a recent one
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -29,7 +30,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import redis.exceptions
+
 from turbo_tasks import _compat, conf
+
+logger = logging.getLogger(__name__)
 
 # A stream's offsets survive this long after its last frame, render or subscribe.
 META_SECONDS = 86_400
@@ -256,7 +261,11 @@ async def left(layer: Any, group: str) -> None:
 
 def current_offsets(layer: Any, groups: Iterable[str]) -> dict[str, str]:
     """The current offset of each group's stream, and mark each as watched for the
-    history window: one Redis round trip per shard involved (one, unsharded)."""
+    history window: one Redis round trip per shard involved (one, unsharded).
+
+    A shard that does not answer (within ``_compat.SYNC_TIMEOUT_SECONDS``) is logged and its
+    streams left out: the page still renders, and subscribes without ``since`` (it may miss
+    what is committed before its socket subscribes) rather than fail."""
     by_shard: dict[int, list[str]] = defaultdict(list)
     for group in dict.fromkeys(groups):
         by_shard[layer.consistent_hash(group)].append(group)
@@ -264,13 +273,23 @@ def current_offsets(layer: Any, groups: Iterable[str]) -> dict[str, str]:
     for index, shard_groups in by_shard.items():
         client = _compat.sync_client(layer, index)
         metas = [_keys(layer, group)[0] for group in shard_groups]
-        result = client.eval(
-            _WATCH,
-            len(metas),
-            *metas,
-            *(_new_inc() for _ in metas),
-            conf.get("HISTORY_SECONDS"),
-            META_SECONDS,
-        )
+        try:
+            result = client.eval(
+                _WATCH,
+                len(metas),
+                *metas,
+                *(_new_inc() for _ in metas),
+                conf.get("HISTORY_SECONDS"),
+                META_SECONDS,
+            )
+        except (redis.exceptions.RedisError, OSError):
+            logger.warning(
+                "turbo_tasks: the channel layer's Redis (shard %d) did not answer; rendering "
+                "%d stream(s) without since",
+                index,
+                len(shard_groups),
+                exc_info=True,
+            )
+            continue
         offsets.update(zip(shard_groups, (_text(v) for v in result), strict=True))
     return offsets
