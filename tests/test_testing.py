@@ -92,3 +92,38 @@ class CaptureInTestCase(TestCase):
         with assert_broadcasts(room, action="remove", count=1):
             message = Message.objects.create(room=room, text="x")
             message.delete()
+
+
+@pytest.fixture
+def message_saved_before():
+    """The usual fixture: a saved row whose hook's job is still pending at test start."""
+    room = Room.objects.create(name="r")
+    return Message.objects.create(room=room, text="from the fixture")
+
+
+@pytest.mark.django_db
+def test_capture_after_a_fixture_saved_a_hooked_row(message_saved_before):
+    room = message_saved_before.room
+    with capture_broadcasts() as sent:
+        Message.objects.create(room=room, text="inside")
+    [frame] = sent.assert_sent(room, action="append", count=1)
+    assert "inside" in frame.html
+    sent.assert_sent(room, contains="from the fixture", count=0)
+
+
+@pytest.mark.django_db
+def test_capture_after_a_fixture_catches_a_direct_action(message_saved_before):
+    room = message_saved_before.room
+    with capture_broadcasts() as sent:
+        room.stream.update(text="banner", id="banner")
+    sent.assert_sent(room, action="update", target="banner", count=1)
+
+
+class CaptureAfterSetUpInTestCase(TestCase):
+    def setUp(self):
+        self.room = Room.objects.create(name="r")
+        Message.objects.create(room=self.room, text="from setUp")
+
+    def test_capture_after_setup_saved_a_hooked_row(self):
+        with assert_broadcasts(self.room, action="append", contains="inside", count=1):
+            Message.objects.create(room=self.room, text="inside")

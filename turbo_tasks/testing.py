@@ -105,10 +105,10 @@ class CapturedBroadcasts(list["Broadcast"]):
 @contextmanager
 def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]:
     """Deliver broadcasts in-process and collect their frames instead of pushing them."""
-    from django.db import DEFAULT_DB_ALIAS
+    from django.db import DEFAULT_DB_ALIAS, connections
     from django.test import TestCase
 
-    from turbo_tasks import delivery, publish
+    from turbo_tasks import delivery, publish, signals
 
     captured = CapturedBroadcasts()
     errors: list[BaseException] = []
@@ -120,9 +120,15 @@ def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]
         captured.extend(result.broadcasts)
         errors.extend(exc for _, exc in result.errors)
 
+    alias = using or DEFAULT_DB_ALIAS
+    # A job recorded in this block would otherwise join the transaction's pending batch,
+    # whose on_commit callback a fixture's save registered before the block: the capture
+    # only runs callbacks registered inside it, and a TestCase never commits. Start a new
+    # batch; the old one keeps its own callback and still publishes if the data commits.
+    setattr(connections[alias], signals._BATCH_ATTR, None)
     token = publish.publisher.set(run)
     try:
-        with TestCase.captureOnCommitCallbacks(using=using or DEFAULT_DB_ALIAS, execute=True):
+        with TestCase.captureOnCommitCallbacks(using=alias, execute=True):
             yield captured
     finally:
         publish.publisher.reset(token)
