@@ -13,7 +13,8 @@ help:
 	@echo "make test-newest    the end-to-end tests on Python 3.13 + Django 6.1 (nox)"
 	@echo "make lint    ruff and mypy"
 	@echo "make bench   side-by-side benchmarks -> bench/results/ (not part of the tests)"
-	@echo "make chaos   10,000 changes through Redis restarts and worker kills, both modes"
+	@echo "make chaos   10,000 changes through Redis/ASGI restarts and worker kills, both modes;"
+	@echo "            checked at the channel layer and on 20 flapping pages that catch up"
 	@echo "make format  apply ruff's formatting and fixes"
 
 $(STAMP): pyproject.toml
