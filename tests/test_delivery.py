@@ -20,8 +20,11 @@ from turbo_tasks.tasks import deliver
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def save(message, created=False):
-    return {"action": "save", "model": "testapp.message", "pk": message.pk, "created": created}
+def save(message, created=False, update_fields=None):
+    job = {"action": "save", "model": "testapp.message", "pk": message.pk, "created": created}
+    if update_fields is not None:
+        job["update_fields"] = update_fields
+    return job
 
 
 def delete(message):
@@ -400,3 +403,60 @@ def test_a_database_error_closes_the_connection_before_the_retry(monkeypatch, se
     result = tasks.deliver.apply(args=([],))
     assert isinstance(result.result, DeliveryFailed)
     assert closed == ["default", "default"]  # the first attempt and its one retry
+
+
+# -- update_fields ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seen_update_fields(monkeypatch):
+    """The update_fields each on_save call received."""
+    seen = []
+    original = MessageStream.on_save
+
+    def on_save(self, message, created, *args, **kwargs):
+        seen.append(kwargs["update_fields"])
+        original(self, message, created, *args, **kwargs)
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    return seen
+
+
+def test_on_save_receives_update_fields_as_a_frozenset(room, seen_update_fields):
+    message = Message.objects.create(room=room, text="x")
+    delivery.render([save(message, update_fields=["text"])])
+    assert seen_update_fields == [frozenset({"text"})]
+
+
+def test_on_save_receives_none_for_a_save_without_update_fields(room, seen_update_fields):
+    message = Message.objects.create(room=room, text="x")
+    delivery.render([save(message)])
+    assert seen_update_fields == [None]
+
+
+def test_coalesced_saves_get_the_union_of_their_update_fields(room, seen_update_fields):
+    message = Message.objects.create(room=room, text="x")
+    delivery.render([save(message, update_fields=["text"]), save(message, update_fields=["room"])])
+    assert seen_update_fields == [frozenset({"text", "room"})]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_coalesced_saves_get_none_when_any_save_named_no_fields(room, seen_update_fields, which):
+    message = Message.objects.create(room=room, text="x")
+    jobs = [save(message, update_fields=["text"]), save(message, update_fields=["text"])]
+    del jobs[which]["update_fields"]
+    delivery.render(jobs)
+    assert seen_update_fields == [None]
+
+
+def test_save_after_a_delete_keeps_only_its_own_update_fields(room, seen_update_fields):
+    message = Message.objects.create(room=room, text="x")
+    delivery.render([save(message), delete(message), save(message, update_fields=["text"])])
+    assert seen_update_fields == [frozenset({"text"})]
+
+
+@pytest.mark.parametrize("bad", ["text", [1], {"text": True}])
+def test_malformed_update_fields_is_an_invalid_job(room, bad):
+    message = Message.objects.create(room=room, text="x")
+    with pytest.raises(InvalidJob, match="job 0: 'update_fields' must be a list of field names"):
+        delivery.render([save(message, update_fields=bad)])

@@ -262,3 +262,22 @@ def test_publish_failure_never_breaks_the_write(room, caplog):
         "jobs": [{"action": "save", "model": "testapp.message", "pk": message.pk, "created": True}],
         "using": "default",
     }
+
+
+def test_save_job_carries_update_fields_sorted(broker, room):
+    message = Message.objects.create(room=room, text="hi")
+    message.text = "edited"
+    message.save(update_fields=["text", "room"])
+    assert broker.jobs()[-1] == {
+        "action": "save",
+        "model": "testapp.message",
+        "pk": message.pk,
+        "created": False,
+        "update_fields": ["room", "text"],
+    }
+
+
+def test_save_job_without_update_fields_has_no_such_key(broker, room):
+    message = Message.objects.create(room=room, text="hi")
+    message.save()
+    assert "update_fields" not in broker.jobs()[-1]

@@ -37,6 +37,7 @@ class _RowStep:
     stream_class: type[ModelStream]
     pk: Any
     created: bool | None = None  # None: no save since the last delete
+    update_fields: frozenset[str] | None = None  # None: a save that named no fields
     deleted: models.Model | None = None  # rebuilt from the delete's snapshot
 
 
@@ -57,7 +58,8 @@ def _model_stream(label: str, where: str) -> tuple[type[models.Model], type[Mode
 def _plan(jobs: Any, using: str) -> list[_RowStep | BroadcastJob]:
     """Validate every job, then coalesce row jobs in order of first appearance.
 
-    Saves of one row merge into one save, created if any of them created it; a delete
+    Saves of one row merge into one save, created if any of them created it, whose
+    update_fields is the union of theirs (None if any save named none); a delete
     supersedes the saves before it (a save after it, of a re-created row, still runs).
     """
     steps: list[_RowStep | BroadcastJob] = []
@@ -82,6 +84,12 @@ def _plan(jobs: Any, using: str) -> list[_RowStep | BroadcastJob]:
             step.created = None
             step.deleted = job_format.rebuild(model, job["fields"], where, using)
         else:
+            names = job.get("update_fields")
+            fields = None if names is None else frozenset(names)
+            if step.created is not None:  # merging with an earlier save of this row
+                earlier = step.update_fields
+                fields = None if fields is None or earlier is None else fields | earlier
+            step.update_fields = fields
             step.created = job["created"] or bool(step.created)
     return steps
 
@@ -170,7 +178,7 @@ def _run(
                 step.pk,
             )
             return
-        step.stream_class(row).on_save(row, created=step.created)
+        step.stream_class(row).on_save(row, created=step.created, update_fields=step.update_fields)
 
 
 def materialize(

@@ -3,6 +3,7 @@
 A job is a small JSON object, readable in Flower and re-runnable from it::
 
     {"action": "save", "model": "chat.message", "pk": 5, "created": true}
+    {"action": "save", "model": "chat.room", "pk": 1, "created": false, "update_fields": ["name"]}
     {"action": "delete", "model": "chat.message", "pk": 5, "fields": {"id": 5, "room_id": 1}}
     {"action": "broadcast", "stream": {"stream": "chat.RoomStream", "args": [1], "kwargs": {}},
      "turbo_action": "append", "target": "messages", "template": "chat/message.html",
@@ -45,9 +46,13 @@ class _RowJob(TypedDict):
     pk: int | str
 
 
-class SaveJob(_RowJob):
+class _SaveJobRequired(_RowJob):
     action: Literal["save"]
     created: bool
+
+
+class SaveJob(_SaveJobRequired, total=False):
+    update_fields: list[str]  # sorted; absent when save() named none
 
 
 class DeleteJob(_RowJob):
@@ -82,13 +87,18 @@ def json_value(value: Any) -> Any:
 # -- builders ----------------------------------------------------------------------------
 
 
-def save_job(instance: models.Model, created: bool) -> SaveJob:
-    return {
+def save_job(
+    instance: models.Model, created: bool, update_fields: Collection[str] | None = None
+) -> SaveJob:
+    job: SaveJob = {
         "action": "save",
         "model": instance._meta.label_lower,
         "pk": json_value(instance.pk),
         "created": bool(created),
     }
+    if update_fields is not None:
+        job["update_fields"] = sorted(update_fields)
+    return job
 
 
 def delete_job(instance: models.Model, attnames: Collection[str]) -> DeleteJob:
@@ -272,6 +282,9 @@ def _check(job: Any, where: str) -> None:
             raise InvalidJob(f"{where}: 'pk' must be an integer or a string")
         if action == "save" and not isinstance(job.get("created"), bool):
             raise InvalidJob(f"{where}: 'created' must be true or false")
+        names = job.get("update_fields", [])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise InvalidJob(f"{where}: 'update_fields' must be a list of field names")
         if action == "delete" and not isinstance(job.get("fields"), dict):
             raise InvalidJob(f"{where}: 'fields' must be an object")
     elif action == "broadcast":

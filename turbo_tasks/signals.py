@@ -64,7 +64,7 @@ def _on_post_save(
 ) -> None:
     if raw:  # loaddata: fixtures are not user-visible changes
         return
-    enqueue(save_job(instance, created), using)
+    enqueue(save_job(instance, created, kwargs.get("update_fields")), using)
 
 
 def _on_post_delete(
