@@ -323,8 +323,39 @@ def test_turbo_subscribe_without_catch_up_renders_no_offset_and_needs_no_redis()
 
 
 def test_turbo_subscribe_rejects_other_values():
-    with pytest.raises(TemplateSyntaxError, match="model instances with a ModelStream, not"):
-        Template("{% load turbo_tasks %}{% turbo_subscribe 'room' %}").render(Context())
+    with pytest.raises(
+        TemplateSyntaxError, match="model instances with a ModelStream or the name of a stream"
+    ):
+        Template("{% load turbo_tasks %}{% turbo_subscribe 3 %}").render(Context())
+
+
+@override_settings(TURBO_TASKS={"HISTORY_LENGTH": 0})
+@pytest.mark.parametrize("name", ["otherapp.AnnouncementStream", "otherapp:AnnouncementStream"])
+def test_turbo_subscribe_by_name_of_an_argument_less_stream(name):
+    html = Template(f'{{% load turbo_tasks %}}{{% turbo_subscribe "{name}" %}}').render(Context())
+    [(signed, _)] = ELEMENT.findall(html)
+    assert resolve_signed_name(signed) == AnnouncementStream()
+
+
+def test_turbo_subscribe_by_unknown_name_says_how_names_look():
+    with pytest.raises(TemplateSyntaxError, match=r"no stream is registered as 'chat\.Nope'"):
+        Template('{% load turbo_tasks %}{% turbo_subscribe "chat.Nope" %}').render(Context())
+
+
+def test_turbo_subscribe_by_name_of_a_stream_with_arguments_names_them():
+    with pytest.raises(
+        TemplateSyntaxError, match=r"NotificationStream\(\) needs arguments \(user_id\)"
+    ):
+        Template('{% load turbo_tasks %}{% turbo_subscribe "testapp.NotificationStream" %}').render(
+            Context()
+        )
+
+
+def test_turbo_subscribe_by_name_of_a_model_stream_asks_for_the_instance():
+    with pytest.raises(TemplateSyntaxError, match="RoomStream is a ModelStream; pass the Room"):
+        Template('{% load turbo_tasks %}{% turbo_subscribe "testapp.RoomStream" %}').render(
+            Context()
+        )
 
 
 def test_turbo_tasks_script_tag():
@@ -405,3 +436,28 @@ def test_check_outbox_databases_must_name_configured_databases():
 def test_check_celery_app_is_loaded():
     # conftest loads the project's app (worker.app), as a project's __init__.py does.
     assert checks.check_celery_app() == []
+
+
+# -- turbo-django's names ------------------------------------------------------------------
+
+
+def test_signed_stream_name_is_the_signed_name():
+    note = NotificationStream(5)
+    assert resolve_signed_name(note.signed_stream_name) == note
+    assert note.signed_stream_name == note.signed_name
+
+
+def test_stream_name_stays_a_classmethod_and_renders_in_templates():
+    assert NotificationStream.stream_name() == "testapp.NotificationStream"
+    assert NotificationStream(5).stream_name() == "testapp.NotificationStream"
+    html = Template("{{ note.stream_name }}").render(Context({"note": NotificationStream(5)}))
+    assert html == "testapp.NotificationStream"
+
+
+@pytest.mark.django_db
+def test_model_stream_from_pk_is_the_rows_stream():
+    room = Room.objects.create(name="r")
+    stream = RoomStream.from_pk(room.pk)
+    assert isinstance(stream, RoomStream)
+    assert stream == room.stream
+    assert stream.instance == room

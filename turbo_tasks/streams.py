@@ -99,7 +99,9 @@ class Stream:
 
     @classmethod
     def stream_name(cls) -> str:
-        """The registered name, ``"<app_label>.<ClassName>"``."""
+        """The registered name, ``"<app_label>.<ClassName>"``. A method (turbo-django's is
+        an attribute, ``"<app_label>:<ClassName>"``); ``{{ stream.stream_name }}`` in a
+        template calls it."""
         name = cls.__dict__.get("_registered_name")
         if name is None:
             meta = cls.__dict__.get("Meta")
@@ -132,6 +134,11 @@ class Stream:
     def signed_name(self) -> str:
         """The signed, URL-safe name a page subscribes with (``{% turbo_subscribe %}``)."""
         return signing.sign(self.ref())
+
+    @property
+    def signed_stream_name(self) -> str:
+        """turbo-django's name for :attr:`signed_name`: the same signed string."""
+        return self.signed_name
 
     @property
     def group_name(self) -> str:
@@ -258,6 +265,8 @@ class Stream:
                 f"or text=, not {'both' if text is not None else 'neither'}."
             )
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
+        if signals.suppressed():  # turbo.suppress(): arguments checked, nothing sent
+            return
         collected = collector.get()
         if collected is not None:
             group = signing.group_name(ref)
@@ -299,6 +308,12 @@ class ModelStream(Stream):
         self._instance = instance
         self._pk = pk
 
+    @classmethod
+    def from_pk(cls, pk: Any) -> ModelStream:
+        """The stream of the row with primary key ``pk`` (as turbo-django's ``from_pk``);
+        the row is loaded only when ``instance`` is read."""
+        return cls(pk=pk)
+
     @property
     def pk(self) -> Any:
         return self._instance.pk if self._instance is not None else self._pk
@@ -339,7 +354,16 @@ class ModelStream(Stream):
     # -- hooks (run by the worker) -----------------------------------------------------
 
     def on_save(self, instance: Any, created: bool, *args: Any, **kwargs: Any) -> None:
-        """Called in a worker after a save of ``instance`` commits; the row is reloaded."""
+        """Called in a worker after a save of ``instance`` commits; the row is reloaded.
+
+        ``kwargs["update_fields"]`` is the frozenset of field names passed to ``save()``
+        (merged over the saves of the row in one transaction), or None when a save named
+        none, so a hook can skip saves that changed nothing it shows::
+
+            def on_save(self, message, created, *args, update_fields=None, **kwargs):
+                if update_fields is not None and "text" not in update_fields:
+                    return
+        """
 
     def on_delete(self, instance: Any, *args: Any, **kwargs: Any) -> None:
         """Called in a worker after a delete commits; ``instance`` is rebuilt from a snapshot

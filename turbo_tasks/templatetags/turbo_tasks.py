@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from django import template
@@ -10,7 +11,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from turbo_tasks import history, layers
-from turbo_tasks.streams import Stream
+from turbo_tasks.registry import registry
+from turbo_tasks.streams import ModelStream, Stream
 
 register = template.Library()
 
@@ -18,18 +20,49 @@ register = template.Library()
 def _stream(value: Any) -> Stream:
     if isinstance(value, Stream):
         return value
+    if isinstance(value, str):
+        return _stream_named(value)
     stream = getattr(value, "stream", None)
     if isinstance(stream, Stream):
         return stream
     raise template.TemplateSyntaxError(
-        f"turbo_subscribe takes streams or model instances with a ModelStream, "
-        f"not {type(value).__name__}."
+        f"turbo_subscribe takes streams, model instances with a ModelStream or the "
+        f"name of a stream without arguments, not {type(value).__name__}."
     )
+
+
+def _stream_named(name: str) -> Stream:
+    # "app:Name" is how turbo-django spelled it.
+    cls = registry.get(name) or registry.get(name.replace(":", ".", 1))
+    if cls is None:
+        raise template.TemplateSyntaxError(
+            f"turbo_subscribe: no stream is registered as {name!r}; a stream's name is "
+            f'"<app_label>.<ClassName>", e.g. "chat.LobbyStream", for a class in the '
+            f"streams.py of an installed app."
+        )
+    if issubclass(cls, ModelStream):
+        raise template.TemplateSyntaxError(
+            f"turbo_subscribe {name!r}: {cls.__name__} is a ModelStream; pass the "
+            f"{cls.model.__name__} instance instead, e.g. {{% turbo_subscribe object %}}."
+        )
+    required = [
+        p.name
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise template.TemplateSyntaxError(
+            f"turbo_subscribe {name!r}: {cls.__name__}() needs arguments "
+            f"({', '.join(required)}); build it in the view, "
+            f"e.g. {cls.__name__}(...), and pass it in the template context."
+        )
+    return cls()
 
 
 @register.simple_tag
 def turbo_subscribe(*streams: Any) -> SafeString:
-    """``{% turbo_subscribe room %}`` renders, for each stream (or model instance)::
+    """``{% turbo_subscribe room "chat.LobbyStream" %}`` renders, for each stream, model
+    instance or name of a registered stream whose ``__init__`` takes no arguments::
 
         <turbo-channels-stream-source signed-stream-name="…" since="…">
         </turbo-channels-stream-source>
