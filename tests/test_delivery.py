@@ -460,3 +460,15 @@ def test_malformed_update_fields_is_an_invalid_job(room, bad):
     message = Message.objects.create(room=room, text="x")
     with pytest.raises(InvalidJob, match="job 0: 'update_fields' must be a list of field names"):
         delivery.render([save(message, update_fields=bad)])
+
+
+def test_on_save_without_kwargs_still_runs(room, monkeypatch):
+    # update_fields= is passed only to hooks that take it.
+    message, seen = Message.objects.create(room=room, text="x"), []
+
+    def on_save(self, message, created):
+        seen.append((message.pk, created))
+
+    monkeypatch.setattr(MessageStream, "on_save", on_save)
+    assert delivery.render([save(message, created=True)]).errors == []
+    assert seen == [(message.pk, True)]

@@ -6,7 +6,10 @@ Runs in the Celery worker (``turbo_tasks.deliver``) and, in-process, in
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +181,17 @@ def _run(
                 step.pk,
             )
             return
-        step.stream_class(row).on_save(row, created=step.created, update_fields=step.update_fields)
+        hook = step.stream_class.on_save
+        extra = {"update_fields": step.update_fields} if _takes_update_fields(hook) else {}
+        step.stream_class(row).on_save(row, created=step.created, **extra)
+
+
+@functools.cache
+def _takes_update_fields(hook: Callable[..., Any]) -> bool:
+    """Whether an ``on_save`` accepts ``update_fields=`` (by name or ``**kwargs``): hooks
+    written as ``on_save(self, instance, created)`` keep working."""
+    parameters = inspect.signature(hook).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD or p.name == "update_fields" for p in parameters)
 
 
 def materialize(
