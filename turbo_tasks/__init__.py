@@ -9,7 +9,9 @@ Declare streams in ``<app>/streams.py``::
             model = Message
 """
 
+from turbo_tasks.bulk import deleted, saved
 from turbo_tasks.rendering import ACTIONS, Broadcast
+from turbo_tasks.signals import suppress
 from turbo_tasks.streams import ModelStream, Stream
 
 APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE = ACTIONS
@@ -26,5 +28,8 @@ __all__ = [
     "Broadcast",
     "ModelStream",
     "Stream",
+    "deleted",
+    "saved",
+    "suppress",
 ]
 __version__ = "0.1.0"

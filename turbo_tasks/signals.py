@@ -9,12 +9,19 @@ rolled back. Jobs are therefore grouped in *buckets*, one ``on_commit`` callback
 bucket only takes jobs that must live or die with it. At commit the first bucket to run
 publishes itself together with every bucket that can no longer be dropped, so a transaction
 normally becomes a single message.
+
+Suppression (``turbo.suppress()``) is checked where jobs are recorded: a write or action
+inside it records nothing, so nothing is published for it at commit either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any, ClassVar, Protocol
+import functools
+import inspect
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.signals import post_delete, post_save
@@ -32,8 +39,10 @@ class _HasHooks(Protocol):
     def overrides(cls, hook: str) -> bool: ...
 
 
-# model -> the attnames its delete snapshots hold
-_snapshot_attnames: dict[type[models.Model], Collection[str]] = {}
+# The models whose stream overrides on_save, and (model -> the attnames its delete snapshots
+# hold) those whose stream overrides on_delete: turbo.saved()/deleted() follow the receivers.
+save_models: set[type[models.Model]] = set()
+snapshot_attnames: dict[type[models.Model], Collection[str]] = {}
 
 
 def connect_receivers(model_streams: Mapping[type[models.Model], type[_HasHooks]]) -> None:
@@ -41,11 +50,12 @@ def connect_receivers(model_streams: Mapping[type[models.Model], type[_HasHooks]
     for model, stream_class in model_streams.items():
         label = model._meta.label_lower
         if stream_class.overrides("on_save"):
+            save_models.add(model)
             post_save.connect(
                 _on_post_save, sender=model, weak=False, dispatch_uid=f"turbo_tasks.save.{label}"
             )
         if stream_class.overrides("on_delete"):
-            _snapshot_attnames[model] = frozenset(stream_class.snapshot_attnames)
+            snapshot_attnames[model] = frozenset(stream_class.snapshot_attnames)
             post_delete.connect(
                 _on_post_delete,
                 sender=model,
@@ -73,7 +83,74 @@ def _on_post_delete(
     using: str = DEFAULT_DB_ALIAS,
     **kwargs: Any,
 ) -> None:
-    enqueue(delete_job(instance, _snapshot_attnames[sender]), using)
+    if suppressed():  # enqueue would drop the job too; skip taking the snapshot
+        return
+    enqueue(delete_job(instance, snapshot_attnames[sender]), using)
+
+
+# -- suppression -------------------------------------------------------------------------
+
+# How many suppress() blocks are open. A ContextVar, so each thread and each asyncio task has
+# its own; a task starts with a copy of its creator's (and sync_to_async carries it along).
+_suppress_depth: ContextVar[int] = ContextVar("turbo_tasks_suppress_depth", default=0)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def suppressed() -> bool:
+    """Whether the current thread or asyncio task is inside ``turbo.suppress()``."""
+    return _suppress_depth.get() > 0
+
+
+def suppress() -> _Suppress:
+    """Record no broadcast for what runs inside, like turbo-rails'
+    ``suppressing_turbo_broadcasts``::
+
+        with turbo.suppress():
+            message.save()                          # no save job
+            room.stream.append(text="hi", id="log")  # no <turbo-stream> frame
+
+        @turbo.suppress()                           # a decorator too, on async def as well
+        def import_messages(rows): ...
+
+    Saves and deletes record no job, ``turbo.saved()``/``turbo.deleted()`` record none, and
+    stream actions send nothing, whether called in a view or in a hook run by a worker (their
+    arguments are still checked). Nestable. Per thread and per asyncio task: other requests
+    keep broadcasting. Jobs recorded before the block are still published at commit.
+    """
+    return _Suppress()
+
+
+class _Suppress:
+    # A depth counter rather than set/reset tokens: one instance may be entered again (by
+    # recursion, or from another thread) before it is left.
+    def __enter__(self) -> None:
+        _suppress_depth.set(_suppress_depth.get() + 1)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _suppress_depth.set(_suppress_depth.get() - 1)
+
+    def __call__(self, func: _F) -> _F:
+        if inspect.iscoroutinefunction(func):
+            # Suppress while the coroutine runs, not just while it is created.
+            @functools.wraps(func)
+            async def run_suppressed_async(*args: Any, **kwargs: Any) -> Any:
+                with _Suppress():
+                    return await func(*args, **kwargs)
+
+            return cast(_F, run_suppressed_async)
+
+        @functools.wraps(func)
+        def run_suppressed(*args: Any, **kwargs: Any) -> Any:
+            with _Suppress():
+                return func(*args, **kwargs)
+
+        return cast(_F, run_suppressed)
 
 
 # -- batching --------------------------------------------------------------------------
@@ -130,11 +207,21 @@ class _Bucket:
 
 
 def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
-    """Publish ``job`` once the current transaction on ``using`` commits (now if none)."""
+    """Publish ``job`` once the current transaction on ``using`` commits (now if none);
+    nothing inside ``suppress()``."""
+    enqueue_all([job], using)
+
+
+def enqueue_all(jobs: Sequence[Job], using: str = DEFAULT_DB_ALIAS) -> None:
+    """Publish ``jobs`` with the rest of the current transaction on ``using`` (at once, as
+    one message, outside a transaction); nothing inside ``suppress()``."""
+    if not jobs or suppressed():
+        return
     conn = connections[using]
     durable = conf.get("PUBLISH_MODE") == "outbox"
     if not conn.in_atomic_block:
-        _publish_committed([job], [outbox.record(job, using)] if durable else [], using)
+        ids = [outbox.record(job, using) for job in jobs] if durable else []
+        _publish_committed(list(jobs), ids, using)
         return
     batch: _Batch | None = getattr(conn, _BATCH_ATTR, None)
     if batch is not None and batch.buckets:
@@ -144,11 +231,13 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
         # Fast path: our bucket is the newest callback (so it is alive) and every open
         # savepoint was already open when it was registered (so it dies with them).
         if newest and not bucket.done and all(sid in bucket.sids for sid in conn.savepoint_ids):
-            bucket.add(job, durable)
+            for job in jobs:
+                bucket.add(job, durable)
             return
     batch = _refresh(conn, batch, using)
     bucket = _Bucket(batch, frozenset(conn.savepoint_ids))
-    bucket.add(job, durable)
+    for job in jobs:
+        bucket.add(job, durable)
     batch.buckets.append(bucket)
     transaction.on_commit(bucket, using=using, robust=True)
 
