@@ -9,6 +9,8 @@ channels_redis keeps its connection pool between tasks.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import os
 import threading
 import time
@@ -22,6 +24,8 @@ from django.core.exceptions import ImproperlyConfigured
 from turbo_tasks import _compat, conf, history
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # Frames for one group in one message; Turbo applies every <turbo-stream> in a message.
 MAX_FRAMES_PER_MESSAGE = 100
@@ -43,13 +47,38 @@ class _Local(threading.local):
 
 
 _local = _Local()
+# Every loop made here, until close_loops(): a loop (and the channel-layer connections made
+# on it) must be closed, not garbage-collected with its thread (a thread pool's worker, or
+# pytest-celery's in-process worker thread), which leaks sockets.
+_loops: list[asyncio.AbstractEventLoop] = []
+_loops_lock = threading.Lock()
 
 
 def _state() -> _Local:
     if _local.pid != os.getpid() or _local.loop.is_closed():
         # A forked child (Celery's prefork pool) must not share the parent's sockets.
         _local.pid, _local.loop, _local.seen = os.getpid(), asyncio.new_event_loop(), {}
+        with _loops_lock:
+            _loops.append(_local.loop)
     return _local
+
+
+def close_loops() -> None:
+    """Close this process's channel-layer loops that are not running (channels_redis closes
+    its connections on each as it closes). At exit, and when a Celery worker stops."""
+    with _loops_lock:
+        loops = [loop for loop in _loops if loop.is_closed() or not loop.is_running()]
+        for loop in loops:
+            _loops.remove(loop)
+    for loop in loops:
+        if not loop.is_closed():
+            try:
+                loop.close()
+            except Exception:  # a Redis already gone: the sockets still close
+                logger.debug("turbo_tasks: closing a channel-layer loop failed", exc_info=True)
+
+
+atexit.register(close_loops)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

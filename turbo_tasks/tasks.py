@@ -8,10 +8,10 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
-from turbo_tasks import conf, delivery
+from turbo_tasks import conf, delivery, layers
 from turbo_tasks import outbox as outbox_rows
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, DeliveryFailed, HookError, InvalidJob
 from turbo_tasks.publish import TASK_NAME, readable_args
@@ -107,3 +107,9 @@ def _start_outbox_relay(**kwargs: Any) -> None:
 def _stop_outbox_relay(**kwargs: Any) -> None:
     if _relay_stop is not None:
         _relay_stop.set()
+
+
+@worker_process_shutdown.connect
+def _close_channel_layer_loops(**kwargs: Any) -> None:
+    # A prefork child leaves through os._exit: atexit handlers do not run there.
+    layers.close_loops()
