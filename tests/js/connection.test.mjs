@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import {
-  StreamConnection, laterOffset, parseOffset,
+  Progress, StreamConnection, parseOffset,
 } from "../../turbo_tasks/static/turbo_tasks/turbo-tasks.js";
 
 // A tiny deterministic scheduler standing in for setTimeout/clearTimeout.
@@ -364,16 +364,29 @@ const A = "0123456789abcdef";
 const B = "fedcba9876543210";
 const msg = (stream, html, offset) => ({ type: "message", stream, html, offset });
 
-test("offsets: parsed strictly; the later one of an inc wins; another inc replaces", () => {
+test("offsets are parsed strictly", () => {
   assert.deepEqual(parseOffset(`${A}.12`), [A, 12n]);
   for (const bad of [null, "", "x.1", `${A}.`, `${A}.1.2`, `${A}.-1`, 5]) {
     assert.equal(parseOffset(bad), null, String(bad));
   }
-  assert.equal(laterOffset(null, `${A}.3`), `${A}.3`);
-  assert.equal(laterOffset(`${A}.3`, `${A}.2`), `${A}.3`, "a late, reordered frame");
-  assert.equal(laterOffset(`${A}.3`, `${A}.10`), `${A}.10`, "compared as numbers");
-  assert.equal(laterOffset(`${A}.3`, `${B}.1`), `${B}.1`);
-  assert.equal(laterOffset(`${A}.3`, "garbage"), `${A}.3`);
+});
+
+test("progress: the mark moves only over messages without a gap", () => {
+  const p = new Progress(`${A}.3`);
+  p.applied(`${A}.5`); // 4 not here yet (another worker's)
+  assert.equal(p.offset, `${A}.3`);
+  p.applied(`${A}.4`);
+  assert.equal(p.offset, `${A}.5`, "the gap filled: over 4 and 5");
+  p.applied(`${A}.2`);
+  assert.equal(p.offset, `${A}.5`, "old news");
+  p.applied(`${A}.10`);
+  assert.equal(p.offset, `${A}.5`, "compared as numbers, gap 6-9 open");
+  p.caughtUp(`${A}.9`); // the server replayed up to 9
+  assert.equal(p.offset, `${A}.10`);
+  p.applied(`${B}.1`);
+  assert.equal(p.offset, `${B}.1`, "another epoch starts over");
+  p.applied("garbage");
+  assert.equal(p.offset, `${B}.1`);
 });
 
 test("the first subscribe carries the rendered since; after a reconnect, the last applied offset", () => {
@@ -386,11 +399,15 @@ test("the first subscribe carries the rendered since; after a reconnect, the las
   last().receive({ type: "subscribed", stream: "a", offset: `${A}.5` });
   last().receive(msg("a", "<p>7</p>", `${A}.7`));
   last().receive(msg("a", "<p>6</p>", `${A}.6`)); // two workers: pushed out of order
-  last().serverClose();
+  last().receive(msg("a", "<p>9</p>", `${A}.9`)); // 8 is still on its way when...
+  last().serverClose(); // ...the socket drops
   timers.advance(500);
   last().open();
-  assert.deepEqual(last().sent, [{ ...sub("a"), since: `${A}.7` }]);
-  assert.deepEqual(a.events.map((e) => e[0]), ["message", "subscribed", "message", "message", "disconnected"]);
+  assert.deepEqual(last().sent, [{ ...sub("a"), since: `${A}.7` }], "8 is asked for again");
+  assert.deepEqual(
+    a.events.map((e) => e[0]),
+    ["message", "subscribed", "message", "message", "message", "disconnected"],
+  );
 });
 
 test("without catch-up (no offsets) subscribes carry no since", () => {

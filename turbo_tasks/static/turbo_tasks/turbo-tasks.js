@@ -9,11 +9,11 @@
 // Listener interface (all optional): onMessage(html), onSubscribed(), onRejected(reason),
 // onReset(), onDisconnected().
 //
-// Catch-up: a subscription remembers the offset of the last frame it applied (at first the
-// `since` the page was rendered with) and re-subscribes with it after every reconnect, so
-// the server replays what the page missed. When the server cannot (`reset`), listeners are
-// told to reload the page's state, and the subscription is not "subscribed" (caught up)
-// until they have.
+// Catch-up: a subscription remembers the offset up to which it has applied every message
+// (at first the `since` the page was rendered with) and re-subscribes with it after every
+// reconnect, so the server replays what the page missed. When the server cannot (`reset`),
+// listeners are told to reload the page's state, and the subscription is not "subscribed"
+// (caught up) until they have.
 
 // "<inc>.<seq>" -> [inc, seq], or null.
 export function parseOffset(value) {
@@ -21,13 +21,53 @@ export function parseOffset(value) {
   return match ? [match[1], BigInt(match[2])] : null;
 }
 
-// The later of two offsets of one stream; an offset of another inc (the server lost its
-// history and started afresh) replaces the old one.
-export function laterOffset(current, candidate) {
-  const a = parseOffset(current), b = parseOffset(candidate);
-  if (!b) return current;
-  if (!a || a[0] !== b[0] || b[1] > a[1]) return candidate;
-  return current;
+// Out-of-order messages kept above the mark; past this many the mark still holds (a
+// reconnect then replays a little more, which Turbo absorbs).
+const MAX_AHEAD = 10000;
+
+// The offset up to which a subscription has every message. Two workers can push a stream's
+// messages out of order (103 arrives before 102): resuming from 103 would skip 102, so the
+// mark only moves over messages without a gap, and keeps those that arrived early.
+export class Progress {
+  constructor(offset = null) {
+    this.offset = offset;
+    this.ahead = new Set(); // seqs above the mark, same epoch
+  }
+
+  // A message was applied.
+  applied(offset) {
+    const got = parseOffset(offset);
+    if (!got) return;
+    const mark = parseOffset(this.offset);
+    if (!mark || mark[0] !== got[0]) return this._restart(offset); // another epoch
+    if (got[1] <= mark[1]) return;
+    if (this.ahead.size >= MAX_AHEAD) this.ahead.clear();
+    this.ahead.add(got[1]);
+    this._advance(mark[0], mark[1]);
+  }
+
+  // The server says every message up to `offset` was sent (`subscribed`).
+  caughtUp(offset) {
+    const got = parseOffset(offset);
+    if (!got) return;
+    const mark = parseOffset(this.offset);
+    if (!mark || mark[0] !== got[0]) return this._restart(offset);
+    if (got[1] > mark[1]) this._advance(got[0], got[1]);
+  }
+
+  rebase(offset) { this._restart(offset); }
+
+  _restart(offset) {
+    this.offset = offset;
+    this.ahead.clear();
+  }
+
+  _advance(inc, seq) {
+    let next = seq;
+    while (this.ahead.has(next + 1n)) this.ahead.delete(++next);
+    for (const early of this.ahead) if (early <= next) this.ahead.delete(early);
+    this.offset = `${inc}.${next}`;
+  }
 }
 export class StreamConnection {
   constructor({
@@ -52,7 +92,7 @@ export class StreamConnection {
     this.setTimeout = (fn, ms) => st(fn, ms);
     this.clearTimeout = (id) => ct(id);
     // name -> { listeners: Set, state: null | "subscribed" | "rejected" | "reset", reason,
-    //           sent, offset, unsubscribeTimer, replyTimer }
+    //           sent, progress, resetSince, unsubscribeTimer, replyTimer }
     this.subscriptions = new Map();
     this.socket = null;
     this.isOpen = false;
@@ -65,7 +105,8 @@ export class StreamConnection {
     let sub = this.subscriptions.get(name);
     if (!sub) {
       sub = {
-        listeners: new Set(), state: null, reason: null, sent: false, offset: since || null,
+        listeners: new Set(), state: null, reason: null, sent: false,
+        progress: new Progress(since || null),
         unsubscribeTimer: null, replyTimer: null,
       };
       this.subscriptions.set(name, sub);
@@ -93,7 +134,7 @@ export class StreamConnection {
   rebase(name, since) {
     const sub = this.subscriptions.get(name);
     if (!sub || !since) return;
-    sub.offset = since;
+    sub.progress.rebase(since);
     sub.state = null;
     if (this.isOpen) this._subscribe(name, sub);
   }
@@ -190,7 +231,7 @@ export class StreamConnection {
   _subscribe(name, sub) {
     sub.sent = true;
     const frame = { type: "subscribe", stream: name };
-    if (sub.offset) frame.since = sub.offset;
+    if (sub.progress.offset) frame.since = sub.progress.offset;
     this._send(frame);
     const ws = this.socket;
     this._stopWaiting(sub);
@@ -230,16 +271,16 @@ export class StreamConnection {
       if (typeof frame.html !== "string") return;
       for (const l of listeners) this._call(l, "onMessage", frame.html);
       // Applied: the next subscribe asks for what follows it.
-      if (sub.state !== "reset") sub.offset = laterOffset(sub.offset, frame.offset);
+      if (sub.state !== "reset") sub.progress.applied(frame.offset);
     } else if (frame.type === "subscribed") {
       this._stopWaiting(sub);
       if (sub.state === "reset") return; // live again, but stale until the page reloads
       sub.state = "subscribed";
-      sub.offset = laterOffset(sub.offset, frame.offset);
+      sub.progress.caughtUp(frame.offset);
       for (const l of listeners) this._call(l, "onSubscribed");
     } else if (frame.type === "reset") {
       sub.state = "reset";
-      sub.resetSince = sub.offset;
+      sub.resetSince = sub.progress.offset;
       for (const l of listeners) this._call(l, "onReset");
     } else if (frame.type === "rejected") {
       this._stopWaiting(sub);
