@@ -1130,9 +1130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--since",
         choices=("last", "contiguous"),
-        default="last",
-        help="a subscriber re-subscribes with the last offset it applied (like the element) "
-        "or with the highest one up to which it received every message",
+        default="contiguous",
+        help="a subscriber re-subscribes with the highest offset up to which it received "
+        "every message (like the element), or with the last one it applied (which skips a "
+        "message two workers pushed out of order)",
     )
     p.add_argument(
         "--trace-pages", action="store_true", help="log every message a subscriber receives"

@@ -102,8 +102,9 @@ class Page:
         self.above: set[int] = set()
 
     def received(self, offset: str | None, policy: str) -> None:
-        """Move ``since`` on after a message. "last" (the element, turbo-tasks.js'
-        laterOffset): the latest offset applied. "contiguous": the highest offset up to which
+        """Move ``since`` on after a message. "last": the latest offset applied (the
+        element before it learnt otherwise). "contiguous" (the element, turbo-tasks.js'
+        Progress): the highest offset up to which
         every message was received, so a frame pushed out of offset order is not skipped."""
         if not offset:
             return
@@ -310,6 +311,6 @@ if __name__ == "__main__":
     parser.add_argument("--max-down", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--trace", action="store_true", help="log every message received")
-    parser.add_argument("--since", choices=("last", "contiguous"), default="last")
+    parser.add_argument("--since", choices=("last", "contiguous"), default="contiguous")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops us
     asyncio.run(main(parser.parse_args()))
