@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import redis
 from celery import Celery
 from playwright.sync_api import expect, sync_playwright
 
@@ -57,6 +58,15 @@ class Stack:
             f"author = User.objects.get(username={author!r})\n"
             f"for text in {texts!r}:\n"
             "    Message.objects.create(room=room, author=author, text=text)\n",
+        )
+
+    def wait_for_worker(self) -> None:
+        """Until the example's worker has run every broadcast published so far."""
+        broker = redis.Redis.from_url(self.env["REDIS_URL"])
+        wait_for(
+            lambda: broker.llen("turbo_tasks") == 0 and broker.hlen("unacked") == 0,
+            60,
+            "the worker to run every broadcast",
         )
 
     def room_url(self, name: str) -> str:
@@ -372,6 +382,7 @@ def test_page_past_the_history_window_refreshes_itself(stack: Stack, browser) ->
         # More separate commits than the history keeps (HISTORY_LENGTH, 200 by default):
         # what Bob missed can no longer be replayed.
         stack.post_as("alice", "general", [f"flood {i}" for i in range(205)])
+        stack.wait_for_worker()  # all 205 in the history (which keeps 200) before Bob is back
         stack.restart_web()
         expect(_message(bob, "flood 204")).to_have_count(1)  # the refreshed page has it
         expect(_message(bob, "flood 0")).to_have_count(1)
