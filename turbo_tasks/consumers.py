@@ -171,8 +171,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         status, current, entries = await history.read(self.channel_layer, group, wanted)
         if since is not None and (wanted is None or status == "reset"):
             await self._reply("reset", stream=name)
-        for offset, html in entries:
-            await self._reply("message", stream=name, html=html, offset=offset)
+        if entries:
+            # One message for the whole replay (Turbo applies every <turbo-stream> in it),
+            # not one per frame: after a restart every page catches up at once.
+            html = "".join(html for _, html in entries)
+            await self._reply("message", stream=name, html=html, offset=entries[-1][0])
         if name in self.subscriptions.get(group, {}) and since is not None:
             self.subscriptions[group][name] = history.parse(current)
         await self._reply("subscribed", stream=name, offset=current)
