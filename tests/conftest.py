@@ -105,11 +105,22 @@ def celery_config(redis_server: str) -> dict[str, Any]:
     }
 
 
+# A queue of its own: with celery_worker_process on "turbo_tasks" too, two workers would
+# push one stream's frames out of order, which some tests rely on not happening.
+IN_PROCESS_QUEUE = "in-process-worker"
+
+
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, Any]:
-    # The broadcast queue (shared with celery_worker_process when both run: either worker
-    # delivers), and Celery's default one for the fixture's start-up ping.
-    return {"queues": ("turbo_tasks", "celery")}
+    # Celery's default queue too, for the fixture's start-up ping.
+    return {"queues": (IN_PROCESS_QUEUE, "celery")}
+
+
+@pytest.fixture
+def in_process_worker(celery_session_worker: Any) -> Iterator[Any]:
+    """pytest-celery's in-process worker, with this test's broadcasts routed to it."""
+    with override_settings(TURBO_TASKS={"QUEUE": IN_PROCESS_QUEUE}):
+        yield celery_session_worker
 
 
 # --- data ----------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ def test_queryset_delete_needs_no_deleted_call(broker, room):
 # -- through a real worker ---------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("celery_session_worker")
+@pytest.mark.usefixtures("in_process_worker")
 def test_queryset_update_and_saved_reach_a_socket(ws_client):
     room = Room.objects.create(name="lobby")
     with turbo.suppress():

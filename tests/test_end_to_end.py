@@ -12,7 +12,7 @@ from tests.testapp.streams import NotificationStream
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     # pytest-celery's in-process worker: nothing here is about the worker process itself.
-    pytest.mark.usefixtures("celery_session_worker"),
+    pytest.mark.usefixtures("in_process_worker"),
 ]
 
 

@@ -3,8 +3,9 @@ how a project tests its streams against a real worker without starting processes
 
 pytest-celery 1.3's ``celery_worker`` is its Docker worker (PITFALLS.md); the in-process
 one is ``celery_session_worker``, configured through ``celery_config`` and
-``celery_worker_parameters`` (tests/conftest.py). The fault tests need a worker *process*
-they can kill (``celery_worker_process``).
+``celery_worker_parameters``; ``in_process_worker`` (tests/conftest.py) routes a test's
+broadcasts to its queue. The fault tests need a worker *process* they can kill
+(``celery_worker_process``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from turbo_tasks.testing import listen
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_in_process_worker_delivers_what_a_page_would_get(celery_session_worker, room):
+def test_in_process_worker_delivers_what_a_page_would_get(in_process_worker, room):
     with listen(room) as frames:
         message = Message.objects.create(room=room, text="hello from a test")
         html = frames.wait(action="append", target="messages", contains="hello from a test")
     assert f'id="message-{message.pk}"' in html
 
 
-def test_listener_reports_what_arrived_when_nothing_matches(celery_session_worker, room):
+def test_listener_reports_what_arrived_when_nothing_matches(in_process_worker, room):
     with listen(room) as frames:
         Message.objects.create(room=room, text="something else")
         frames.wait(contains="something else")
