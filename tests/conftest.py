@@ -95,6 +95,12 @@ def broker(redis_client: redis.Redis) -> Iterator[Broker]:
 
 # --- pytest-celery's in-process worker (celery_session_worker) -----------------------------
 
+# Celery's Django fixup runs Django's system checks when a worker starts. In the in-process
+# worker that happens inside a test's fixture setup, where pytest-django blocks database
+# access, and on Django 6 a JSONField's check asks the database: skip them there (the suite
+# tests the checks themselves; `manage.py check` runs them).
+os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
+
 
 @pytest.fixture(scope="session")
 def celery_config(redis_server: str) -> dict[str, Any]:
