@@ -1,1 +1,7 @@
-urlpatterns: list = []
+from django.urls import path
+
+from tests.testapp import views
+
+urlpatterns = [
+    path("messages/", views.post_message, name="post-message"),
+]

@@ -9,10 +9,15 @@ Declare streams in ``<app>/streams.py``::
             model = Message
 """
 
+from typing import TYPE_CHECKING, Any
+
 from turbo_tasks.bulk import deleted, saved
 from turbo_tasks.rendering import ACTIONS, Broadcast
 from turbo_tasks.signals import suppress
 from turbo_tasks.streams import ModelStream, Stream
+
+if TYPE_CHECKING:
+    from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream
 
 APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE = ACTIONS
 
@@ -28,8 +33,20 @@ __all__ = [
     "Broadcast",
     "ModelStream",
     "Stream",
+    "TurboStreamResponse",
+    "accepts_turbo_stream",
     "deleted",
     "saved",
     "suppress",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # turbo_tasks.http imports django.http, which worker processes and `import turbo_tasks`
+    # in settings-time code have no use for: load it on first use.
+    if name in ("TurboStreamResponse", "accepts_turbo_stream"):
+        from turbo_tasks import http
+
+        return getattr(http, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

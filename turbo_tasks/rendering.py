@@ -10,6 +10,8 @@ from django.template.loader import render_to_string
 from django.utils.html import escape
 
 if TYPE_CHECKING:
+    from django.http import HttpRequest
+
     from turbo_tasks.streams import Stream
 
 Action = Literal["append", "prepend", "replace", "update", "before", "after", "remove"]
@@ -60,15 +62,20 @@ def render_frame(
     template: str | None = None,
     context: dict[str, Any] | None = None,
     text: str | None = None,
+    request: HttpRequest | None = None,
 ) -> str:
-    """Render the template (Django autoescaping applies) or escape ``text``, and wrap it."""
+    """Render the template (Django autoescaping applies) or escape ``text``, and wrap it.
+
+    With ``request`` (a view's response, not a worker's frame) the template gets the
+    context processors' variables and ``{% csrf_token %}`` works.
+    """
     if action == "remove":
         content = ""
     elif text is not None:
         content = escape(text)
     elif template is not None:
         check_template(template)
-        content = render_to_string(template, context or {})
+        content = render_to_string(template, context or {}, request=request)
     else:
         raise ValueError(f"{action}() needs a template name or text=.")
     return turbo_stream(action, target=target, targets=targets, content=content)

@@ -1,0 +1,179 @@
+"""Turbo Stream responses from views, rendered in the request (named after ``django.http``).
+
+A form that Turbo submits gets ``<turbo-stream>`` frames back in the response and Turbo
+applies them to the page at once, without a websocket or a worker::
+
+    from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream
+
+    def post_message(request, room_id):
+        message = Message.objects.create(room_id=room_id, text=request.POST["text"])
+        if not accepts_turbo_stream(request):
+            return redirect("room", room_id)
+        return (
+            TurboStreamResponse(request)
+            .append("chat/message.html", {"message": message}, id="messages")
+            .remove(id="form-errors")
+        )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from turbo_tasks import rendering
+
+CONTENT_TYPE = "text/vnd.turbo-stream.html"
+
+
+def accepts_turbo_stream(request: HttpRequest) -> bool:
+    """Whether the request's ``Accept`` header names ``text/vnd.turbo-stream.html``.
+
+    Turbo sends ``Accept: text/vnd.turbo-stream.html, text/html, application/xhtml+xml`` when
+    it submits a form (any method but GET), so this is true for Turbo's form submissions and
+    false for a plain browser's, whose ``*/*`` does not count.
+    """
+    accept = request.headers.get("Accept", "")
+    return any(part.split(";", 1)[0].strip().lower() == CONTENT_TYPE for part in accept.split(","))
+
+
+class TurboStreamResponse(HttpResponse):
+    """An ``HttpResponse`` of ``<turbo-stream>`` frames (``text/vnd.turbo-stream.html``).
+
+    Its actions take the arguments of the stream actions, render in the request (templates
+    get ``request`` and the context processors' variables, so ``{% csrf_token %}`` works) and
+    return the response, so they chain::
+
+        TurboStreamResponse(request, status=422).replace("form.html", {"form": form}, id="f")
+
+    ``frames`` are ``<turbo-stream>`` elements rendered already, e.g. by
+    ``turbo_tasks.rendering.turbo_stream()``; actions add theirs after them.
+    """
+
+    def __init__(
+        self,
+        request: HttpRequest | None = None,
+        frames: Iterable[str] = (),
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            "".join(frames),
+            content_type=f"{CONTENT_TYPE}; charset=utf-8",
+            status=status,
+            reason=reason,
+            headers=headers,
+        )
+        # Not ``self.request``: Django's test client sets that attribute on responses.
+        self._turbo_request = request
+
+    def append(
+        self,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
+    ) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="append" target="{id}"><template>…``."""
+        return self._add("append", template, context, id, selector, text)
+
+    def prepend(
+        self,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
+    ) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="prepend" target="{id}"><template>…``."""
+        return self._add("prepend", template, context, id, selector, text)
+
+    def replace(
+        self,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
+    ) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="replace" target="{id}"><template>…``."""
+        return self._add("replace", template, context, id, selector, text)
+
+    def update(
+        self,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
+    ) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="update" target="{id}"><template>…``."""
+        return self._add("update", template, context, id, selector, text)
+
+    def before(
+        self,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
+    ) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="before" target="{id}"><template>…``."""
+        return self._add("before", template, context, id, selector, text)
+
+    def after(
+        self,
+        template: str | None = None,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
+    ) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="after" target="{id}"><template>…``."""
+        return self._add("after", template, context, id, selector, text)
+
+    def remove(self, *, id: str | None = None, selector: str | None = None) -> TurboStreamResponse:
+        """Add ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
+        return self._add("remove", None, None, id, selector, None)
+
+    def _add(
+        self,
+        action: str,
+        template: str | None,
+        context: dict[str, Any] | None,
+        id: str | None,
+        selector: str | None,
+        text: str | None,
+    ) -> TurboStreamResponse:
+        # Check everything before rendering, so a bad target never costs a template render.
+        rendering.check_action(action)
+        rendering.check_target(id, selector)
+        rendering.check_template(template)
+        if action != "remove" and (template is None) == (text is None):
+            raise ValueError(
+                f"{action}() needs a template name (with an optional context) "
+                f"or text=, not {'both' if text is not None else 'neither'}."
+            )
+        self.write(
+            rendering.render_frame(
+                action,
+                target=id,
+                targets=selector,
+                template=template,
+                context=context,
+                text=text,
+                request=self._turbo_request,
+            )
+        )
+        return self
