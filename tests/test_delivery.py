@@ -8,7 +8,8 @@ import logging
 import re
 
 import pytest
-from django.db import OperationalError, connections
+from django.db import OperationalError, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from tests.testapp.models import Message, Room
 from tests.testapp.streams import MessageStream
@@ -472,3 +473,97 @@ def test_on_save_without_kwargs_still_runs(room, monkeypatch):
     monkeypatch.setattr(MessageStream, "on_save", on_save)
     assert delivery.render([save(message, created=True)]).errors == []
     assert seen == [(message.pk, True)]
+
+
+# -- deleted rows whose foreign key points at a deleted parent (issue 12) --------------------
+
+
+def test_cascade_delete_runs_each_child_hook_with_the_parent_resolved(broker, room):
+    messages = [Message.objects.create(room=room, text=t) for t in ("a", "b")]
+    broker.client.delete(broker.queue)  # only the cascade's jobs
+    room_pk, ids = room.pk, [m.pk for m in messages]
+    with transaction.atomic():
+        room.delete()
+    # RoomStream has no on_delete, so the room itself records no job: the messages'
+    # parent is gone and not in the task.
+    [task] = broker.messages()
+    assert sorted((j["model"], j["pk"]) for j in task["jobs"]) == [
+        ("testapp.message", p) for p in sorted(ids)
+    ]
+    seen = []
+    original = MessageStream.on_delete
+
+    def spy(self, message, *args, **kwargs):
+        seen.append((message.room.pk, message.room_id))
+        original(self, message, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
+        patch.setattr(MessageStream, "on_delete", spy)
+        result = delivery.render(task["jobs"])
+    assert result.errors == []
+    assert len(q.captured_queries) == 1  # one in_bulk for the (gone) room of both
+    assert seen == [(room_pk, room_pk)] * 2
+    assert [b.html for b in result.broadcasts] == [
+        f'<turbo-stream action="remove" target="message-{j["pk"]}"></turbo-stream>'
+        for j in task["jobs"]
+    ]
+    assert {b.group for b in result.broadcasts} == {Room(pk=room_pk).stream.group_name}
+
+
+def test_cascade_with_the_parent_delete_in_the_task_uses_its_snapshot_without_queries(room):
+    messages = [Message.objects.create(room=room, text=t) for t in ("a", "b")]
+    # Django's Collector sends post_delete for the children before their parent.
+    task = [delete(m) for m in messages] + [jobs.delete_job(room, ("id", "name", "private"))]
+    room_pk = room.pk
+    room.delete()
+    seen = []
+
+    def spy(self, message, *args, **kwargs):
+        seen.append(message.room)
+
+    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
+        patch.setattr(MessageStream, "on_delete", spy)
+        result = delivery.render(task)
+    assert result.errors == []
+    assert len(q.captured_queries) == 0
+    assert [(r.pk, r.name) for r in seen] == [(room_pk, "lobby")] * 2
+    assert seen[0] is seen[1]
+
+
+def test_deleted_child_of_a_parent_gone_outside_the_task_gets_a_key_only_parent(room):
+    messages = [Message.objects.create(room=room, text=t) for t in ("a", "b")]
+    jobs = [delete(m) for m in messages]
+    room_pk = room.pk
+    room.delete()  # the room's own delete job is in another task
+    seen = []
+
+    def spy(self, message, *args, **kwargs):
+        seen.append(message.room)
+
+    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
+        patch.setattr(MessageStream, "on_delete", spy)
+        result = delivery.render(jobs)
+    assert result.errors == []
+    assert len(q.captured_queries) == 1  # one in_bulk for both messages' room
+    assert [(r.pk, r._state.db, r._state.adding) for r in seen] == [(room_pk, "default", False)] * 2
+    assert seen[0].stream.group_name == Room(pk=room_pk).stream.group_name
+    with pytest.raises(Room.DoesNotExist):  # its other fields are unknown, not made up
+        seen[0].name  # noqa: B018
+
+
+def test_deleted_child_of_a_surviving_parent_gets_the_real_parent(room):
+    messages = [Message.objects.create(room=room, text=t) for t in ("a", "b", "c")]
+    jobs = [delete(m) for m in messages]
+    Message.objects.filter(room=room).delete()
+    Room.objects.filter(pk=room.pk).update(name="renamed")
+    seen = []
+
+    def spy(self, message, *args, **kwargs):
+        seen.append(message.room)
+
+    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
+        patch.setattr(MessageStream, "on_delete", spy)
+        delivery.render(jobs)
+    assert len(q.captured_queries) == 1  # one in_bulk, not one query per message
+    assert [(r.pk, r.name) for r in seen] == [(room.pk, "renamed")] * 3
+    assert seen[0] is seen[1]

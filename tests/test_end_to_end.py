@@ -110,3 +110,25 @@ def test_plain_stream_with_init_arguments(ws_client, django_user_model):
     assert client.messages() == (
         '<turbo-stream action="append" target="log"><template>ping</template></turbo-stream>'
     )
+
+
+def test_cascade_delete_sends_each_message_removal(ws_client, celery_worker_process, settings):
+    # The real worker process (the module's in-process worker has its own queue).
+    settings.TURBO_TASKS = {"QUEUE": "turbo_tasks"}
+    room = Room.objects.create(name="lobby")
+    client = ws_client()
+    assert client.subscribe(room.stream.signed_name)["type"] == "subscribed"
+    messages = [Message.objects.create(room=room, text=t) for t in ("one", "two")]
+    for _ in messages:
+        assert 'action="append"' in client.messages()
+
+    with transaction.atomic():
+        room.delete()  # the messages go with it: their on_delete follows message.room
+    # A task's frames for one stream may arrive as one message: collect until both came.
+    wanted = {
+        f'<turbo-stream action="remove" target="message-{m.id}"></turbo-stream>' for m in messages
+    }
+    html = ""
+    while not all(frame in html for frame in wanted):
+        html += client.messages(timeout=30)  # raises when nothing more comes in time
+    assert html.count('action="remove"') == 2

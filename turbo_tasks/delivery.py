@@ -6,12 +6,13 @@ Runs in the Celery worker (``turbo_tasks.deliver``) and, in-process, in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django.apps import apps
 from django.core.exceptions import ValidationError
@@ -118,6 +119,56 @@ def _foreign_keys(model: type[models.Model]) -> list[str]:
     return [f.name for f in model._meta.concrete_fields if f.many_to_one]
 
 
+def _link_deleted(steps: list[_RowStep | BroadcastJob], using: str) -> None:
+    """Pre-set the forward foreign keys of rows rebuilt from delete snapshots, so that
+    ``on_delete`` can follow them (``message.room.stream``) when the target is gone too.
+
+    A cascade deletes the children before their parent (Django's Collector sends their
+    post_delete first), all in one transaction and so in one task: a target deleted in this
+    task is its own rebuilt row (no query). Other targets are loaded with one ``in_bulk``
+    per model; one gone by now becomes an instance holding only its key, whose other fields
+    are deferred: ``.pk``, ``.stream`` and the child's ``room_id`` work, never DoesNotExist.
+    """
+    deleted = [s.deleted for s in steps if isinstance(s, _RowStep) and s.deleted is not None]
+    # (concrete model, attname, value) -> the rebuilt row, by its pk or any unique field
+    # (a foreign key may point at a to_field).
+    in_task: dict[tuple[type[models.Model] | None, str, Any], models.Model] = {}
+    for row in deleted:
+        loaded = row.__dict__
+        for f in row._meta.concrete_fields:
+            if f.unique and f.attname in loaded:
+                with contextlib.suppress(TypeError):  # an unhashable (JSON) value
+                    in_task.setdefault(
+                        (row._meta.concrete_model, f.attname, loaded[f.attname]), row
+                    )
+    pending: list[tuple[models.Model, models.ForeignKey[Any, Any], type[models.Model], Any]] = []
+    wanted: dict[tuple[type[models.Model], str], set[Any]] = {}
+    for row in deleted:
+        deferred = row.get_deferred_fields()
+        for fk in row._meta.concrete_fields:
+            if not isinstance(fk, models.ForeignKey) or fk.attname in deferred:
+                continue
+            key = getattr(row, fk.attname)
+            if key is None or fk.is_cached(row):
+                continue
+            model = cast("type[models.Model]", fk.related_model)
+            parent = in_task.get((model._meta.concrete_model, fk.target_field.attname, key))
+            if parent is not None:
+                fk.set_cached_value(row, parent)
+                continue
+            pending.append((row, fk, model, key))
+            wanted.setdefault((model, fk.target_field.name), set()).add(key)
+    found = {
+        (model, name): model._base_manager.using(using).in_bulk(keys, field_name=name)
+        for (model, name), keys in wanted.items()
+    }
+    for row, fk, model, key in pending:
+        parent = found[(model, fk.target_field.name)].get(key)
+        if parent is None:
+            parent = model.from_db(using, [fk.target_field.attname], [key])
+        fk.set_cached_value(row, parent)
+
+
 # -- running ------------------------------------------------------------------------------
 
 
@@ -127,6 +178,7 @@ def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
     payload before running any hook."""
     steps = _plan(jobs, using)
     rows = _reload(steps, using)
+    _link_deleted(steps, using)
     result = Delivery()
     token = collector.set(result.broadcasts)
     try:
