@@ -19,11 +19,15 @@ applies them to the page at once, without a websocket or a worker::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.http import HttpRequest, HttpResponse
 
 from turbo_tasks import rendering
+from turbo_tasks.rendering import Context, Target
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 CONTENT_TYPE = "text/vnd.turbo-stream.html"
 
@@ -72,99 +76,57 @@ class TurboStreamResponse(HttpResponse):
         self._turbo_request = request
 
     def append(
-        self,
-        template: str | None = None,
-        context: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
     ) -> TurboStreamResponse:
         """Add ``<turbo-stream action="append" target="{id}"><template>…``."""
-        return self._add("append", template, context, id, selector, text)
+        return self._add("append", template, context, **to)
 
     def prepend(
-        self,
-        template: str | None = None,
-        context: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
     ) -> TurboStreamResponse:
         """Add ``<turbo-stream action="prepend" target="{id}"><template>…``."""
-        return self._add("prepend", template, context, id, selector, text)
+        return self._add("prepend", template, context, **to)
 
     def replace(
-        self,
-        template: str | None = None,
-        context: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
     ) -> TurboStreamResponse:
         """Add ``<turbo-stream action="replace" target="{id}"><template>…``."""
-        return self._add("replace", template, context, id, selector, text)
+        return self._add("replace", template, context, **to)
 
     def update(
-        self,
-        template: str | None = None,
-        context: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
     ) -> TurboStreamResponse:
         """Add ``<turbo-stream action="update" target="{id}"><template>…``."""
-        return self._add("update", template, context, id, selector, text)
+        return self._add("update", template, context, **to)
 
     def before(
-        self,
-        template: str | None = None,
-        context: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
     ) -> TurboStreamResponse:
         """Add ``<turbo-stream action="before" target="{id}"><template>…``."""
-        return self._add("before", template, context, id, selector, text)
+        return self._add("before", template, context, **to)
 
     def after(
-        self,
-        template: str | None = None,
-        context: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
     ) -> TurboStreamResponse:
         """Add ``<turbo-stream action="after" target="{id}"><template>…``."""
-        return self._add("after", template, context, id, selector, text)
+        return self._add("after", template, context, **to)
 
     def remove(self, *, id: str | None = None, selector: str | None = None) -> TurboStreamResponse:
         """Add ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
-        return self._add("remove", None, None, id, selector, None)
+        return self._add("remove", None, None, id=id, selector=selector)
 
     def _add(
         self,
         action: str,
         template: str | None,
-        context: dict[str, Any] | None,
-        id: str | None,
-        selector: str | None,
-        text: str | None,
+        context: Context,
+        *,
+        id: str | None = None,
+        selector: str | None = None,
+        text: str | None = None,
     ) -> TurboStreamResponse:
         # Check everything before rendering, so a bad target never costs a template render.
-        rendering.check_action(action)
-        rendering.check_target(id, selector)
-        rendering.check_template(template)
-        if action != "remove" and (template is None) == (text is None):
-            raise ValueError(
-                f"{action}() needs a template name (with an optional context) "
-                f"or text=, not {'both' if text is not None else 'neither'}."
-            )
+        rendering.check_arguments(action, template, id, selector, text)
         self.write(
             rendering.render_frame(
                 action,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
 
 import django
 from django.apps import apps
@@ -30,6 +30,36 @@ def check_target(id: str | None, selector: str | None) -> None:
         raise ValueError(
             f"Pass exactly one of id= (an element id, sent as target=) or selector= "
             f"(a CSS selector, sent as targets=); got {given}."
+        )
+
+
+# A template context; for a deferred action, model instances in it travel to the worker as
+# row references.
+Context = dict[str, Any] | None
+
+
+class Target(TypedDict, total=False):
+    """Where an action applies (exactly one of ``id`` and ``selector``) and, instead of a
+    template, a ``text`` to send HTML-escaped."""
+
+    id: str | None
+    selector: str | None
+    text: str | None
+
+
+def check_arguments(
+    action: str, template: str | None, id: str | None, selector: str | None, text: str | None
+) -> None:
+    """Everything an action call can get wrong, before anything is rendered or sent: the
+    action, exactly one target, the template (partials need Django 6) and exactly one of a
+    template and ``text`` (``remove`` takes neither)."""
+    check_action(action)
+    check_target(id, selector)
+    check_template(template)
+    if action != "remove" and (template is None) == (text is None):
+        raise ValueError(
+            f"{action}() needs a template name (with an optional context) "
+            f"or text=, not {'both' if text is not None else 'neither'}."
         )
 
 

@@ -9,7 +9,7 @@ from it (turbo_tasks.signing).
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
@@ -17,7 +17,7 @@ from django.db import DEFAULT_DB_ALIAS, models
 
 from turbo_tasks import jobs, rendering, signals, signing
 from turbo_tasks.jobs import StreamRef, json_value
-from turbo_tasks.rendering import Broadcast
+from turbo_tasks.rendering import Broadcast, Context, Target
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -27,19 +27,7 @@ if TYPE_CHECKING:
 
 # Set by the worker (and turbo_tasks.testing) while hooks run: actions are collected here
 # (and rendered before the push) instead of being deferred.
-# A template context; model instances in it travel to the worker as row references.
-Context = dict[str, Any] | None
-
 collector: ContextVar[list[Broadcast] | None] = ContextVar("turbo_tasks_collector", default=None)
-
-
-class Target(TypedDict, total=False):
-    """Where an action applies (exactly one of ``id`` and ``selector``) and, instead of a
-    template, a ``text`` to send HTML-escaped."""
-
-    id: str | None
-    selector: str | None
-    text: str | None
 
 
 class Stream:
@@ -256,14 +244,7 @@ class Stream:
         selector: str | None = None,
         text: str | None = None,
     ) -> None:
-        rendering.check_action(action)
-        rendering.check_target(id, selector)
-        rendering.check_template(template)
-        if action != "remove" and (template is None) == (text is None):
-            raise ValueError(
-                f"{action}() needs a template name (with an optional context) "
-                f"or text=, not {'both' if text is not None else 'neither'}."
-            )
+        rendering.check_arguments(action, template, id, selector, text)
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
         if signals.suppressed():  # turbo.suppress(): arguments checked, nothing sent
             return
