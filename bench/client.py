@@ -38,6 +38,12 @@ ITEM = re.compile(
 )
 
 
+def _ready(open_seconds: float, errors: list[str], **extra: object) -> None:
+    """Tell the bench the sockets are open (one JSON line on stdout)."""
+    report = {"open_seconds": open_seconds, "open_errors": errors[:20]}
+    print("READY " + json.dumps({**report, "open_error_count": len(errors), **extra}), flush=True)
+
+
 def raise_fd_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
@@ -126,18 +132,7 @@ async def catch_up(args: argparse.Namespace) -> dict:
                 return
 
     threading.Thread(target=wait_go, daemon=True).start()
-    print(
-        "READY "
-        + json.dumps(
-            {
-                "open_seconds": open_seconds,
-                "open_errors": errors[:20],
-                "open_error_count": len(errors),
-                "offsets": sorted(set(offsets)),
-            }
-        ),
-        flush=True,
-    )
+    _ready(open_seconds, errors, offsets=sorted(set(offsets)))
     await go.wait()
     closed = sum(1 for t in holders if t.done())
     await asyncio.wait(holders, timeout=10)
@@ -257,17 +252,7 @@ async def main(args: argparse.Namespace) -> dict:
         loop.call_soon_threadsafe(done.set)
 
     threading.Thread(target=stop_on_stdin, daemon=True).start()
-    print(
-        "READY "
-        + json.dumps(
-            {
-                "open_seconds": open_seconds,
-                "open_errors": errors[:20],
-                "open_error_count": len(errors),
-            }
-        ),
-        flush=True,
-    )
+    _ready(open_seconds, errors)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(done.wait(), args.timeout)
     finished_at = time.time()
