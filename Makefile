@@ -48,7 +48,8 @@ test-postgres: install
 # The newest supported corner, through nox (noxfile.py has every corner).
 NEWEST := tests(py3.13-django6.1)
 E2E := tests/test_end_to_end.py tests/test_delivery.py tests/test_consumer.py \
-	tests/test_catch_up.py tests/test_browser.py
+	tests/test_catch_up.py tests/test_browser.py tests/test_request_context.py \
+	tests/test_revocation.py tests/test_refreshes.py
 test-newest: install
 	$(VENV)/bin/nox -s "$(NEWEST)" -- $(E2E) $(PYTEST_ARGS)
 

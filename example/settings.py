@@ -51,6 +51,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Which page (socket) a request came from: the author's own tab is spared its message.
+    "turbo_tasks.middleware.TurboTasksMiddleware",
 ]
 
 ROOT_URLCONF = "example.urls"

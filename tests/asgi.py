@@ -13,6 +13,9 @@ django_asgi_app = get_asgi_application()
 
 import turbo_tasks.routing  # noqa: E402
 
+# As a project's __init__.py does (Celery's Django guide): views publish through this app.
+from worker import app as celery_app  # noqa: E402, F401
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,

@@ -77,8 +77,9 @@ def asgi_server(redis_server: str) -> Iterator[str]:
 def ws_client(asgi_server: str) -> Iterator[Callable[..., WsClient]]:
     with ExitStack() as stack:
 
-        def open_client(origin: str = "http://127.0.0.1") -> WsClient:
-            conn = stack.enter_context(open_websocket(f"{asgi_server}/ws/turbo/", origin))
+        def open_client(origin: str = "http://127.0.0.1", cookie: str | None = None) -> WsClient:
+            url = f"{asgi_server}/ws/turbo/"
+            conn = stack.enter_context(open_websocket(url, origin, cookie=cookie))
             return WsClient(conn)
 
         yield open_client

@@ -133,13 +133,15 @@ def start_asgi(
 
 
 def open_websocket(
-    url: str, origin: str = "http://127.0.0.1", timeout: float = 20
+    url: str, origin: str = "http://127.0.0.1", timeout: float = 20, cookie: str | None = None
 ) -> ClientConnection:
     """A sync websocket client outside a ``with`` block (websockets >= 17 asks for
     ``legacy=True`` then; 16, the last for Python 3.10, has no such argument)."""
     extra: dict[str, Any] = {}
     if "legacy" in inspect.signature(connect).parameters:
         extra["legacy"] = True
+    if cookie is not None:
+        extra["additional_headers"] = {"Cookie": cookie}
     return connect(url, origin=origin, open_timeout=timeout, **extra)  # type: ignore[arg-type]
 
 
@@ -149,6 +151,10 @@ class WsClient:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.frames: list[dict[str, Any]] = []
+        # The server's first frame on every connection; kept out of ``frames``.
+        self.hello = json.loads(conn.recv(timeout=30))
+        assert self.hello["type"] == "hello", self.hello
+        self.socket_id: str = self.hello["socket_id"]
 
     def send(self, frame: Any) -> None:
         self.conn.send(frame if isinstance(frame, str) else json.dumps(frame))

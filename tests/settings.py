@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "turbo_tasks.middleware.TurboTasksMiddleware",
 ]
 ROOT_URLCONF = "tests.urls"
 STATIC_URL = "/static/"

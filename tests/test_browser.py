@@ -11,6 +11,7 @@ successful form, 422 with errors, 403 for other people's messages).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -69,9 +70,9 @@ class Stack:
             "the worker to run every broadcast",
         )
 
-    def room_url(self, name: str) -> str:
+    def room_url(self, name: str, member: str = "alice") -> str:
         client = HttpClient(self.base_url)
-        client.login("alice")
+        client.login(member)
         rooms = client.get("/").body
         match = re.search(r'href="(/rooms/\d+/)">' + re.escape(name) + "<", rooms)
         assert match, f"room {name!r} not on the room list"
@@ -471,3 +472,103 @@ def test_static_files_are_served_by_the_asgi_app(stack: Stack) -> None:
     client = HttpClient(stack.base_url)
     assert client.get("/static/turbo.es2017-esm.js").status == 200
     assert client.get("/static/turbo_tasks/turbo-tasks.js").status == 200
+
+
+# -- request context: the sender's tab, refreshes --------------------------------------------
+
+
+def _record_frames(user: User) -> list[dict]:  # type: ignore[type-arg]
+    """Every JSON frame the page's websocket receives from now on (before its first goto)."""
+    frames: list[dict] = []  # type: ignore[type-arg]
+    user.page.on(
+        "websocket",
+        lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))),
+    )
+    return frames
+
+
+@pytest.mark.browser
+def test_the_authors_tab_is_spared_its_own_message(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    # The example's MessageStream appends new messages with exclude_sender=True: the element
+    # sends its socket id with Turbo's form submission, the middleware records it, and the
+    # worker's frame skips that one socket. The author's page shows the message from the
+    # redirect's render.
+    expect.set_options(timeout=TIMEOUT_MS)
+    room = stack.room_url("general")
+    alice, bob = User(browser, stack.base_url, "alice"), User(browser, stack.base_url, "bob")
+    try:
+        seen_by = {"alice": _record_frames(alice), "bob": _record_frames(bob)}
+        for member in (alice, bob):
+            member.log_in()
+            member.page.goto(room)
+            member.wait_subscribed()
+        alice.post("spared from its author")
+        expect(_message(bob, "spared from its author")).to_have_count(1)
+        expect(_message(alice, "spared from its author")).to_have_count(1)
+
+        def messages(name: str) -> list[dict]:  # type: ignore[type-arg]
+            return [f for f in seen_by[name] if f.get("type") == "message"]
+
+        wait_for(lambda: messages("alice"), 30, "alice's socket to get the spared frame")
+        assert [f["html"] for f in messages("alice")] == [""]
+        assert "spared from its author" in messages("bob")[0]["html"]
+        assert messages("alice")[0]["offset"] == messages("bob")[0]["offset"]
+        hellos = [f for f in seen_by["alice"] if f.get("type") == "hello"]
+        assert len(hellos) == 1
+        assert seen_by["alice"][0] == hellos[0]
+        assert alice.errors == []
+        assert bob.errors == []
+    finally:
+        alice.close()
+        bob.close()
+
+
+@pytest.mark.browser
+def test_a_renamed_room_refreshes_its_pages_by_morphing(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    # RoomStream has Meta.broadcasts_refreshes: renames committed in a burst become a
+    # debounced <turbo-stream action="refresh"> sent after the last one; the page (which opts
+    # in to morphing) keeps its elements, its scroll position and its JavaScript state.
+    expect.set_options(timeout=TIMEOUT_MS)
+    room = stack.room_url("book club", member="bob")
+    bob = User(browser, stack.base_url, "bob")
+    frames = _record_frames(bob)
+
+    def rename(*names: str) -> None:  # one transaction each
+        manage(
+            stack.env,
+            "shell",
+            "-c",
+            "from example.chat.models import Room\n"
+            f"room = Room.objects.get(name={names[0]!r})\n"
+            f"for name in {names[1:]!r}:\n"
+            "    room.name = name\n"
+            "    room.save()\n",
+        )
+
+    def refreshes() -> list[dict]:  # type: ignore[type-arg]
+        return [f for f in frames if 'action="refresh"' in f.get("html", "")]
+
+    try:
+        bob.log_in()
+        bob.page.goto(room)
+        bob.wait_subscribed()
+        bob.page.evaluate("window.scrollTo(0, 80)")
+        scrolled = bob.page.evaluate("window.scrollY")
+        bob.page.evaluate("window.__marker = 1; document.querySelector('#messages').__kept = 1")
+        rename("book club", "club 1", "club 2", "club 3")
+        expect(bob.page.locator("h1")).to_have_text("club 3")
+        # Three saves within the debounce window: one refresh (two if the loaded machine
+        # ran them further apart than REFRESH_DEBOUNCE_SECONDS), not three.
+        assert 1 <= len(refreshes()) <= 2, refreshes()
+        assert refreshes()[0]["html"] == '<turbo-stream action="refresh"></turbo-stream>'
+        assert bob.page.evaluate("window.__marker") == 1, "the page was reloaded"
+        assert bob.page.evaluate("document.querySelector('#messages').__kept") == 1, (
+            "the refresh replaced #messages instead of morphing it"
+        )
+        assert bob.page.evaluate("window.scrollY") == scrolled
+        bob.wait_subscribed()
+        assert bob.errors == []
+    finally:
+        rename("club 3", "book club")
+        expect(bob.page.locator("h1")).to_have_text("book club")
+        bob.close()

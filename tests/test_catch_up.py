@@ -138,11 +138,11 @@ def test_history_trimmed_past_its_length_gets_reset(ws_client, room):
     name, since = rendered_since(room)
     layer = layers.get_layer()
     with override_settings(TURBO_TASKS={"HISTORY_LENGTH": 3}):
-        layers.push(layer, [(room.stream.group_name, f"<p>{i}</p>") for i in range(5)])
+        layers.push(layer, [(room.stream.group_name, f"<p>{i}</p>", None) for i in range(5)])
     # 5 frames in one push travel as one message: push 4 more, one per message.
     with override_settings(TURBO_TASKS={"HISTORY_LENGTH": 3}):
         for i in range(4):
-            layers.push(layer, [(room.stream.group_name, f"<p>{i}</p>")])
+            layers.push(layer, [(room.stream.group_name, f"<p>{i}</p>", None)])
     client = ws_client()
     start = len(client.frames)
     client.subscribe(name, since=since)

@@ -79,6 +79,10 @@ async def connect(user=None):
     ws.scope["user"] = user or AnonymousUser()
     connected, _ = await ws.connect(timeout=TIMEOUT)
     assert connected
+    hello = await receive(ws)
+    assert hello["type"] == "hello", hello
+    assert len(hello["socket_id"]) >= 22, hello  # 16 random bytes
+    ws.socket_id = hello["socket_id"]
     try:
         yield ws
     finally:
@@ -609,6 +613,7 @@ async def test_a_crashed_consumer_stops_refreshing_its_groups(rooms):
     ws = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/turbo/")
     ws.scope["user"] = AnonymousUser()
     assert (await ws.connect(timeout=TIMEOUT))[0]
+    assert (await receive(ws))["type"] == "hello"
     await assert_subscribes(ws, rooms[0].stream.signed_name)
     assert len(refresh_tasks()) == 1
     layer = get_channel_layer()

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.testapp.models import Message, Room
 from tests.testapp.streams import MessageStream
-from turbo_tasks import delivery, jobs, layers, tasks
+from turbo_tasks import codec, delivery, jobs, layers, tasks
 from turbo_tasks.exceptions import DeliveryFailed, HookError, InvalidJob
 from turbo_tasks.jobs import snapshot
 from turbo_tasks.tasks import deliver
@@ -91,6 +91,8 @@ def test_delete_hook_sees_the_row_as_it_was(room):
     seen = {}
 
     class Spy:
+        broadcasts_refreshes = False
+
         def __init__(self, instance):
             pass
 
@@ -106,7 +108,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
     message.delete()
     steps = delivery._plan([job], "default")
     steps[0].stream_class = Spy
-    delivery._run(steps[0], {}, "default", [])
+    delivery._run(steps[0], {}, "default", delivery.Delivery())
     assert seen["pk"] == job["pk"]
     assert seen["room_id"] == room.pk
     assert seen["room"] == room
@@ -120,7 +122,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
         ("not a list", "jobs must be a list"),
         ([{}] * 100_001, "100001 jobs in one task; at most 100000"),
         ([42], "job 0: must be an object"),
-        ([{"action": "explode"}], "job 0: 'action' must be save, delete or broadcast"),
+        ([{"action": "explode"}], "job 0: 'action' must be save, delete, broadcast or recheck"),
         (
             [{"action": "save", "model": "nope.nothing", "pk": 1, "created": True}],
             "job 0: unknown model 'nope.nothing'",
@@ -204,15 +206,15 @@ def test_malformed_jobs_fail_at_once_naming_the_field(jobs, error):
 
 def test_context_dict_using_the_reserved_key_travels_as_a_plain_dict(room):
     lookalike = {"__turbo_model__": "auth.user", "pk": 1}
-    encoded = jobs.encode_context({"data": lookalike, "nested": [{"x": lookalike}]})
-    decoded = jobs.decode_context(json.loads(json.dumps(encoded)), "default")
+    encoded = codec.encode_context({"data": lookalike, "nested": [{"x": lookalike}]})
+    decoded = codec.decode_context(json.loads(json.dumps(encoded)), "default")
     assert decoded == {"data": lookalike, "nested": [{"x": lookalike}]}
 
 
 def test_context_model_instances_travel_as_references(room):
-    encoded = jobs.encode_context({"room": room, "rooms": [room]})
+    encoded = codec.encode_context({"room": room, "rooms": [room]})
     assert encoded["room"] == {"__turbo_model__": "testapp.room", "pk": room.pk}
-    assert jobs.decode_context(json.loads(json.dumps(encoded)), "default") == {
+    assert codec.decode_context(json.loads(json.dumps(encoded)), "default") == {
         "room": room,
         "rooms": [room],
     }

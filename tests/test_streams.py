@@ -46,7 +46,7 @@ def test_unknown_action_is_a_value_error_listing_the_actions():
     with pytest.raises(
         ValueError,
         match=r"Unknown action 'explode', must be one of: append, "
-        r"prepend, replace, update, before, after, remove\.",
+        r"prepend, replace, update, before, after, remove, refresh\.",
     ):
         turbo_stream("explode", target="x")
 
@@ -91,7 +91,10 @@ def test_template_output_is_autoescaped():
 
 
 def test_public_names():
-    assert turbo.ACTIONS == ("append", "prepend", "replace", "update", "before", "after", "remove")
+    assert turbo.ACTIONS == (
+        "append", "prepend", "replace", "update", "before", "after", "remove", "refresh"
+    )  # fmt: skip
+    assert turbo.REFRESH == "refresh"
     assert turbo.APPEND == "append"
     assert turbo.REMOVE == "remove"
 

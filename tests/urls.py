@@ -4,4 +4,5 @@ from tests.testapp import views
 
 urlpatterns = [
     path("messages/", views.post_message, name="post-message"),
+    path("rooms/<int:room_id>/notices/", views.post_notice, name="post-notice"),
 ]

@@ -19,7 +19,7 @@ from turbo_tasks.streams import ModelStream, Stream
 if TYPE_CHECKING:
     from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream
 
-APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE = ACTIONS
+APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE, REFRESH = ACTIONS
 
 __all__ = [
     "ACTIONS",
@@ -27,6 +27,7 @@ __all__ = [
     "APPEND",
     "BEFORE",
     "PREPEND",
+    "REFRESH",
     "REMOVE",
     "REPLACE",
     "UPDATE",

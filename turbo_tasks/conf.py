@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between re-adding a socket to its groups (channels_redis drops members
     # after its group_expiry, 86400 s by default); keep it well below that.
     "GROUP_REFRESH_SECONDS": 3600,
+    # refresh(debounce=True) and ModelStream Meta.broadcasts_refreshes: at most one refresh
+    # per stream per this many seconds, across all workers, sent at the end of the window.
+    "REFRESH_DEBOUNCE_SECONDS": 0.5,
     # Largest client frame (characters) the consumer will parse.
     "MAX_FRAME_SIZE": 16384,
     # Worker: retries of a delivery that hit a Redis or database outage, and their backoff

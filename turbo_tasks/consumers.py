@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +49,12 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
 
     Client → server: ``{"type": "subscribe", "stream": "<signed name>", "since": "<offset>"}``
     (``since`` optional) and ``{"type": "unsubscribe", "stream": …}``.
-    Server → client: ``message`` (the ``<turbo-stream>`` ``html`` and its ``offset``), first
-    the frames after ``since`` from the stream's history, then ``subscribed`` (with the
-    current ``offset``) and live frames; ``reset`` when the history cannot serve ``since``;
-    ``rejected`` (with a ``reason``); ``error`` for malformed frames, the socket stays open.
+    Server → client: first ``hello`` (this connection's ``socket_id``); ``message`` (the
+    ``<turbo-stream>`` ``html`` and its ``offset``), first the frames after ``since`` from
+    the stream's history, then ``subscribed`` (with the current ``offset``) and live frames;
+    ``reset`` when the history cannot serve ``since``; ``rejected`` (with a ``reason``);
+    ``revoked`` when the user no longer passes ``user_passes_test``; ``error`` for malformed
+    frames, the socket stays open.
     """
 
     @property
@@ -97,11 +100,16 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # interleaved with the refresher (which runs beside the receive loop).
         self._membership = asyncio.Lock()
         self._refresher = asyncio.create_task(self._refresh_groups())
+        # Unguessable: a request carrying it (X-Turbo-Tasks-Socket) keeps frames sent with
+        # exclude_sender from this socket, so only this page may know it.
+        self.socket_id = secrets.token_urlsafe(16)
         await super().connect()
+        await self._reply("hello", socket_id=self.socket_id)
 
     async def _refresh_groups(self) -> None:
         # channels_redis forgets group members after group_expiry (a day by default)
-        # without a word; a page left open that long would silently stop updating.
+        # without a word; a page left open that long would silently stop updating. And a
+        # user may have lost access meanwhile: check every subscription again.
         while True:
             await asyncio.sleep(conf.get("GROUP_REFRESH_SECONDS"))
             try:
@@ -110,8 +118,34 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                         # Unsubscribed while an earlier group was being re-added?
                         if group in self.subscriptions:
                             await self._join(group)
+                await self._recheck(list(self.subscriptions))
             except Exception:
                 logger.exception("turbo_tasks: could not refresh group memberships")
+
+    async def _recheck(self, groups: list[str]) -> None:
+        """Run ``user_passes_test`` again (with the user reloaded) for this socket's
+        subscriptions in ``groups``; send ``revoked`` for, and drop, those that fail."""
+        names = [name for group in groups for name in self.subscriptions.get(group, {})]
+        if not names:
+            return
+        allowed = await _authorize_all(names, self.scope.get("user") or AnonymousUser())
+        for group in groups:
+            for name in list(self.subscriptions.get(group, {})):
+                if allowed.get(name, True):
+                    continue
+                async with self._membership:
+                    names_left = self.subscriptions.get(group)
+                    if names_left is None or name not in names_left:
+                        continue  # unsubscribed meanwhile
+                    del names_left[name]
+                    if not names_left:
+                        del self.subscriptions[group]
+                        await self._leave(group)
+                await self._reply("revoked", stream=name)
+
+    async def turbo_recheck(self, event: dict[str, Any]) -> None:
+        """``stream.recheck()``: a worker asks this group's sockets to check again."""
+        await self._recheck([event.get("group", "")])
 
     async def disconnect(self, code: int) -> None:
         self._refresher.cancel()
@@ -215,14 +249,18 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if not names:
             return
         offset = event.get("offset")
+        # exclude_sender: this socket's page made the change. With catch-up on it still
+        # gets the offset (with no html), or its resume point would stall below it and a
+        # reconnect would replay the frame it was spared.
+        html = "" if event.get("exclude") == self.socket_id else event["html"]
         if offset is None:  # catch-up is off
-            for name in sorted(names):
-                await self._reply("message", stream=name, html=event["html"])
+            for name in sorted(names) if html else ():
+                await self._reply("message", stream=name, html=html)
             return
         inc, seq = history.parse(offset) or ("", 0)
         for name, mark in sorted(names.items()):
             if mark is None or mark[0] != inc or seq > mark[1]:
-                await self._reply("message", stream=name, html=event["html"], offset=offset)
+                await self._reply("message", stream=name, html=html, offset=offset)
 
     async def _reply(self, kind: str, **fields: Any) -> None:
         await self.send(text_data=json.dumps({"type": kind, **fields}))
@@ -254,12 +292,43 @@ def _fit_layer(alias: str) -> None:
 
 @database_sync_to_async
 def _authorize(name: str, user: Any) -> tuple[str, bool]:
-    """Resolve a signed name to its group and run the stream's permission check.
+    """Resolve a signed name to its group and run the stream's permission check, for the
+    user as the database has it now (a re-subscribe sees a demotion).
 
     In a thread: a stream's constructor and ``user_passes_test`` are user code that may
     query the database. Any failure to resolve the name is ``unknown_stream`` for that
     stream alone; a crashing check refuses, and neither touches the socket.
     """
+    return _check(name, _reloaded(user))
+
+
+@database_sync_to_async
+def _authorize_all(names: list[str], user: Any) -> dict[str, bool]:
+    """Whether ``user`` (reloaded once) still passes each stream's check; a name that no
+    longer resolves does not."""
+    user = _reloaded(user)
+    allowed = {}
+    for name in names:
+        try:
+            allowed[name] = _check(name, user)[1]
+        except StreamRejected:
+            allowed[name] = False
+    return allowed
+
+
+def _reloaded(user: Any) -> Any:
+    """The socket's user as the database has it now: the scope's user object was loaded
+    when the socket connected. A user deleted or deactivated since is anonymous (as
+    Django's ModelBackend would make them on their next request)."""
+    if not getattr(user, "is_authenticated", False):
+        return user
+    fresh = user.__class__._default_manager.filter(pk=user.pk).first()
+    if fresh is None or not getattr(fresh, "is_active", True):
+        return AnonymousUser()
+    return fresh
+
+
+def _check(name: str, user: Any) -> tuple[str, bool]:
     try:
         stream = resolve_signed_name(name)
         group = stream.group_name

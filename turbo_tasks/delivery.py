@@ -18,10 +18,10 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
+from turbo_tasks import codec, layers, refreshes, request_context, signing
 from turbo_tasks import jobs as job_format
-from turbo_tasks import layers, signing
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, HookError, InvalidJob
-from turbo_tasks.jobs import BroadcastJob
+from turbo_tasks.jobs import BroadcastJob, RecheckJob
 from turbo_tasks.registry import registry, stream_from_ref
 from turbo_tasks.rendering import Broadcast
 from turbo_tasks.streams import ModelStream, collector
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 class Delivery:
     broadcasts: list[Broadcast] = field(default_factory=list)
     errors: list[tuple[Any, BaseException]] = field(default_factory=list)
+    rechecks: list[str] = field(default_factory=list)  # groups whose subscribers to recheck
 
 
 @dataclass
@@ -43,6 +44,7 @@ class _RowStep:
     created: bool | None = None  # None: no save since the last delete
     update_fields: frozenset[str] | None = None  # None: a save that named no fields
     deleted: models.Model | None = None  # rebuilt from the delete's snapshot
+    request: dict[str, str] | None = None  # of the row's last job
 
 
 def _model_stream(label: str, where: str) -> tuple[type[models.Model], type[ModelStream]]:
@@ -59,23 +61,27 @@ def _model_stream(label: str, where: str) -> tuple[type[models.Model], type[Mode
 # -- planning -----------------------------------------------------------------------------
 
 
-def _plan(jobs: Any, using: str) -> list[_RowStep | BroadcastJob]:
+Step = _RowStep | BroadcastJob | RecheckJob
+
+
+def _plan(jobs: Any, using: str) -> list[Step]:
     """Validate every job, then coalesce row jobs in order of first appearance.
 
     Saves of one row merge into one save, created if any of them created it, whose
     update_fields is the union of theirs (None if any save named none); a delete
     supersedes the saves before it (a save after it, of a re-created row, still runs).
     """
-    steps: list[_RowStep | BroadcastJob] = []
+    steps: list[Step] = []
     rows: dict[tuple[str, Any], _RowStep] = {}
     for index, job in enumerate(job_format.validate(jobs)):
         where = f"job {index}"
-        if job["action"] == "broadcast":
+        if job["action"] == "broadcast" or job["action"] == "recheck":
             try:
                 stream_from_ref(job["stream"])
             except (LookupError, TypeError, ValueError, ValidationError) as exc:
                 raise InvalidJob(f"{where}: 'stream' {job['stream']!r}: {exc}") from None
-            job_format.check_context(job.get("context", {}), where, using)
+            if job["action"] == "broadcast":
+                codec.check_context(job.get("context", {}), where, using)
             steps.append(job)
             continue
         model, stream_class = _model_stream(job["model"], where)
@@ -84,6 +90,7 @@ def _plan(jobs: Any, using: str) -> list[_RowStep | BroadcastJob]:
         if step is None:
             step = rows[(model._meta.label_lower, pk)] = _RowStep(model, stream_class, pk)
             steps.append(step)
+        step.request = job.get("request")
         if job["action"] == "delete":
             step.created = None
             step.deleted = job_format.rebuild(model, job["fields"], where, using)
@@ -98,9 +105,7 @@ def _plan(jobs: Any, using: str) -> list[_RowStep | BroadcastJob]:
     return steps
 
 
-def _reload(
-    steps: list[_RowStep | BroadcastJob], using: str
-) -> dict[tuple[type, Any], models.Model]:
+def _reload(steps: list[Step], using: str) -> dict[tuple[type, Any], models.Model]:
     wanted: dict[type[models.Model], list[Any]] = {}
     for step in steps:
         if isinstance(step, _RowStep) and step.created is not None:
@@ -119,7 +124,7 @@ def _foreign_keys(model: type[models.Model]) -> list[str]:
     return [f.name for f in model._meta.concrete_fields if f.many_to_one]
 
 
-def _link_deleted(steps: list[_RowStep | BroadcastJob], using: str) -> None:
+def _link_deleted(steps: list[Step], using: str) -> None:
     """Pre-set the forward foreign keys of rows rebuilt from delete snapshots, so that
     ``on_delete`` can follow them (``message.room.stream``) when the target is gone too.
 
@@ -184,7 +189,7 @@ def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
     try:
         for step in steps:
             try:
-                _run(step, rows, using, result.broadcasts)
+                _run(step, rows, using, result)
             except TRANSIENT_ERRORS:
                 # E.g. a lazy foreign-key load while the database restarts: the whole task
                 # is retried, as for a failed reload (a frame sent twice is harmless).
@@ -202,14 +207,12 @@ def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
     return result
 
 
-def _run(
-    step: _RowStep | BroadcastJob,
-    rows: dict[tuple[type, Any], models.Model],
-    using: str,
-    out: list[Broadcast],
-) -> None:
+def _run(step: Step, rows: dict[tuple[type, Any], models.Model], using: str, out: Delivery) -> None:
     if isinstance(step, dict):
-        out.append(
+        if step["action"] == "recheck":
+            out.rechecks.append(signing.group_name(step["stream"]))
+            return
+        out.broadcasts.append(
             Broadcast(
                 stream_from_ref(step["stream"]),
                 signing.group_name(step["stream"]),
@@ -217,13 +220,28 @@ def _run(
                 step.get("target"),
                 step.get("targets"),
                 template=step.get("template"),
-                context=job_format.decode_context(step.get("context", {}), using),
+                context=codec.decode_context(step.get("context", {}), using),
                 text=step.get("text"),
+                method=step.get("method"),
+                request=step.get("request"),
+                exclude_sender=step.get("exclude_sender", False),
+                debounce=step.get("debounce", False),
+                trailing=step.get("trailing"),
             )
         )
         return
+    # The hooks run as the request that made the change did: its language, time zone and
+    # sender; so do the actions they send (Broadcast captures it).
+    with request_context.activated(step.request):
+        _run_hooks(step, rows)
+
+
+def _run_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> None:
+    stream_class = step.stream_class
     if step.deleted is not None:
-        step.stream_class(step.deleted).on_delete(step.deleted)
+        stream_class(step.deleted).on_delete(step.deleted)
+        if stream_class.broadcasts_refreshes and step.created is None:
+            stream_class(step.deleted).refresh(debounce=True)
     if step.created is not None:
         row = rows.get((step.model, step.pk))
         if row is None:
@@ -233,9 +251,51 @@ def _run(
                 step.pk,
             )
             return
-        hook = step.stream_class.on_save
+        hook = stream_class.on_save
         extra = {"update_fields": step.update_fields} if _takes_update_fields(hook) else {}
-        step.stream_class(row).on_save(row, created=step.created, **extra)
+        stream_class(row).on_save(row, created=step.created, **extra)
+        if stream_class.broadcasts_refreshes:
+            stream_class(row).refresh(debounce=True)
+
+
+def _debounce(layer: Any, broadcasts: list[Broadcast], subscribed: set[str]) -> list[Broadcast]:
+    """The broadcasts to push now, of those for ``subscribed`` groups: a debounced refresh
+    opens its stream's window and schedules the trailing refresh (or is dropped, a window
+    being open); a trailing refresh closes its window (subscribed or not) and takes the
+    request id and sender its refreshes shared."""
+    if not layers.can_debounce(layer):  # e.g. the in-memory layer: every refresh is sent
+        return [b for b in broadcasts if b.group in subscribed]
+    now = []
+    for b in broadcasts:
+        if b.trailing is not None:
+            rid, sender = layers.run(refreshes.close_window(layer, b.group, b.trailing))
+            b.request = {k: v for k, v in (("request_id", rid), ("sender", sender)) if v}
+            if b.group in subscribed:
+                now.append(b)
+        elif b.group not in subscribed:
+            continue
+        elif b.debounce:
+            token = layers.run(
+                refreshes.open_window(layer, b.group, b.request.get("request_id"), b.exclude)
+            )
+            if token:
+                trailing: BroadcastJob = {
+                    "action": "broadcast",
+                    "stream": b.stream.ref(),
+                    "turbo_action": "refresh",
+                    "trailing": token,
+                }
+                if b.exclude is not None:
+                    trailing["exclude_sender"] = True
+                try:
+                    refreshes.schedule(trailing)
+                except Exception:
+                    logger.exception("turbo_tasks: could not schedule a debounced refresh")
+                    layers.run(refreshes.close_window(layer, b.group, token))
+                    now.append(b)  # send it now rather than never
+        else:
+            now.append(b)
+    return now
 
 
 @functools.cache
@@ -247,18 +307,14 @@ def _takes_update_fields(hook: Callable[..., Any]) -> bool:
 
 
 def materialize(
-    broadcasts: list[Broadcast],
-    errors: list[tuple[Any, BaseException]],
-    groups: set[str] | None = None,
-) -> list[tuple[str, str]]:
-    """Render the frames (only those for ``groups``, when given) as ``(group, html)``;
-    a template that fails is logged and recorded in ``errors``, the others still go."""
+    broadcasts: list[Broadcast], errors: list[tuple[Any, BaseException]]
+) -> list[layers.Frame]:
+    """Render the frames as ``(group, html, socket id to skip)``; a template that fails is
+    logged and recorded in ``errors``, the others still go."""
     frames = []
     for broadcast in broadcasts:
-        if groups is not None and broadcast.group not in groups:
-            continue
         try:
-            frames.append((broadcast.group, broadcast.html))
+            frames.append((broadcast.group, broadcast.html, broadcast.exclude))
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
@@ -274,8 +330,9 @@ def deliver(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> int:
     result = render(jobs, using)
     layer = layers.get_layer()
     subscribed = layers.groups_with_subscribers(layer, {b.group for b in result.broadcasts})
-    frames = materialize(result.broadcasts, result.errors, subscribed)
+    frames = materialize(_debounce(layer, result.broadcasts, subscribed), result.errors)
     layers.push(layer, frames)
+    layers.recheck(layer, result.rechecks)
     if result.errors:
         raise HookError(
             f"{len(result.errors)} of {len(jobs)} broadcast job(s) failed in their hooks: "

@@ -7,10 +7,14 @@ A job is a small JSON object, readable in Flower and re-runnable from it::
     {"action": "delete", "model": "chat.message", "pk": 5, "fields": {"id": 5, "room_id": 1}}
     {"action": "broadcast", "stream": {"stream": "chat.RoomStream", "args": [1], "kwargs": {}},
      "turbo_action": "append", "target": "messages", "template": "chat/message.html",
-     "context": {"message": {"__turbo_model__": "chat.message", "pk": 5}}}
+     "context": {"message": {"__turbo_model__": "chat.message", "pk": 5}},
+     "exclude_sender": true, "request": {"language": "fr", "sender": "bq3n…"}}
+    {"action": "broadcast", "stream": {…}, "turbo_action": "refresh", "debounce": true}
+    {"action": "recheck", "stream": {"stream": "chat.RoomStream", "args": [1], "kwargs": {}}}
 
-Everything here is pure data handling: building jobs, validating untrusted ones (a task's
-arguments may have been edited by hand), delete snapshots and the template-context codec.
+Any job may carry ``request`` (turbo_tasks.request_context). Everything here is pure data
+handling: building jobs, validating untrusted ones (a task's arguments may have been edited
+by hand), delete snapshots. The template-context codec is turbo_tasks.codec.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any, Literal, TypedDict
 
-from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models
@@ -41,7 +44,11 @@ class StreamRef(TypedDict):
     kwargs: dict[str, Any]
 
 
-class _RowJob(TypedDict):
+class _AnyJob(TypedDict, total=False):
+    request: dict[str, str]  # language, time_zone, sender, request_id
+
+
+class _RowJob(_AnyJob):
     model: str  # app_label.model_name
     pk: int | str
 
@@ -60,21 +67,30 @@ class DeleteJob(_RowJob):
     fields: dict[str, Any]  # the snapshot: attname -> JSON value
 
 
-class _BroadcastJobRequired(TypedDict):
+class _BroadcastJobRequired(_AnyJob):
     action: Literal["broadcast"]
     stream: StreamRef
     turbo_action: str
 
 
 class BroadcastJob(_BroadcastJobRequired, total=False):
-    target: str  # exactly one of target and targets
+    target: str  # exactly one of target and targets, except for refresh (neither)
     targets: str
     template: str  # at most one of template (with context) and text
-    context: dict[str, Any]  # encoded with encode_context
+    context: dict[str, Any]  # encoded with turbo_tasks.codec.encode_context
     text: str
+    method: Literal["morph"]  # replace and update only
+    exclude_sender: bool  # skip request.sender's socket
+    debounce: bool  # refresh only: at most one per stream per REFRESH_DEBOUNCE_SECONDS
+    trailing: str  # refresh only: the delayed send of a debounced refresh (its token)
 
 
-Job = SaveJob | DeleteJob | BroadcastJob
+class RecheckJob(_AnyJob):
+    action: Literal["recheck"]
+    stream: StreamRef
+
+
+Job = SaveJob | DeleteJob | BroadcastJob | RecheckJob
 
 
 def json_value(value: Any) -> Any:
@@ -120,17 +136,27 @@ def broadcast_job(
     template: str | None,
     context: dict[str, Any] | None,
     text: str | None,
+    method: str | None = None,
+    exclude_sender: bool = False,
+    debounce: bool = False,
 ) -> BroadcastJob:
+    """``context`` is already encoded (turbo_tasks.codec.encode_context)."""
     job: BroadcastJob = {"action": "broadcast", "stream": ref, "turbo_action": action}
     if target is not None:
         job["target"] = target
-    else:
-        job["targets"] = str(targets)
+    elif targets is not None:
+        job["targets"] = targets
     if text is not None:
         job["text"] = text
     elif template is not None:
         job["template"] = template
-        job["context"] = encode_context(context or {})
+        job["context"] = context or {}
+    if method is not None:
+        job["method"] = "morph"
+    if exclude_sender:
+        job["exclude_sender"] = True
+    if debounce:
+        job["debounce"] = True
     return job
 
 
@@ -270,10 +296,12 @@ def validate(jobs: Any) -> list[Job]:
 
 
 def _check(job: Any, where: str) -> None:
-    from turbo_tasks.rendering import check_action
+    from turbo_tasks.request_context import problem
 
     if not isinstance(job, dict):
         raise InvalidJob(f"{where}: must be an object, not {type(job).__name__}")
+    if "request" in job and (why := problem(job["request"])) is not None:
+        raise InvalidJob(f"{where}: 'request': {why}")
     action = job.get("action")
     if action in ("save", "delete"):
         if not isinstance(job.get("model"), str):
@@ -287,7 +315,7 @@ def _check(job: Any, where: str) -> None:
             raise InvalidJob(f"{where}: 'update_fields' must be a list of field names")
         if action == "delete" and not isinstance(job.get("fields"), dict):
             raise InvalidJob(f"{where}: 'fields' must be an object")
-    elif action == "broadcast":
+    elif action in ("broadcast", "recheck"):
         ref = job.get("stream")
         if not (
             isinstance(ref, dict)
@@ -296,20 +324,38 @@ def _check(job: Any, where: str) -> None:
             and isinstance(ref.get("kwargs"), dict)
         ):
             raise InvalidJob(f"{where}: 'stream' must be {{stream, args, kwargs}}")
-        try:
-            check_action(job.get("turbo_action", ""))
-        except ValueError as exc:
-            raise InvalidJob(f"{where}: 'turbo_action': {exc}") from None
-        targets = [job.get(k) for k in ("target", "targets") if k in job]
-        if len(targets) != 1 or not isinstance(targets[0], str):
-            raise InvalidJob(f"{where}: needs one string 'target' or 'targets'")
-        for key in ("template", "text"):
-            if key in job and not isinstance(job[key], str):
-                raise InvalidJob(f"{where}: {key!r} must be a string")
-        if not isinstance(job.get("context", {}), dict):
-            raise InvalidJob(f"{where}: 'context' must be an object")
+        if action == "broadcast":
+            _check_broadcast(job, where)
     else:
-        raise InvalidJob(f"{where}: 'action' must be save, delete or broadcast")
+        raise InvalidJob(f"{where}: 'action' must be save, delete, broadcast or recheck")
+
+
+def _check_broadcast(job: dict[str, Any], where: str) -> None:
+    from turbo_tasks.rendering import check_action
+
+    action = job.get("turbo_action", "")
+    try:
+        check_action(action)
+    except ValueError as exc:
+        raise InvalidJob(f"{where}: 'turbo_action': {exc}") from None
+    targets = [job.get(k) for k in ("target", "targets") if k in job]
+    if action == "refresh":
+        if targets or "template" in job or "text" in job:
+            raise InvalidJob(f"{where}: a refresh takes no target, template or text")
+    elif len(targets) != 1 or not isinstance(targets[0], str):
+        raise InvalidJob(f"{where}: needs one string 'target' or 'targets'")
+    for key in ("template", "text", "trailing"):
+        if key in job and not isinstance(job[key], str):
+            raise InvalidJob(f"{where}: {key!r} must be a string")
+    for key in ("exclude_sender", "debounce"):
+        if not isinstance(job.get(key, False), bool):
+            raise InvalidJob(f"{where}: {key!r} must be true or false")
+    if "method" in job and (job["method"] != "morph" or action not in ("replace", "update")):
+        raise InvalidJob(f"{where}: 'method' can only be \"morph\", on replace or update")
+    if action != "refresh" and ("debounce" in job or "trailing" in job):
+        raise InvalidJob(f"{where}: only a refresh can be debounced")
+    if not isinstance(job.get("context", {}), dict):
+        raise InvalidJob(f"{where}: 'context' must be an object")
 
 
 def redact(jobs: Any) -> Any:
@@ -346,73 +392,3 @@ def _redact_value(value: Any) -> Any:
         items = [_redact_value(item) for item in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
-
-
-# -- template context that travels with deferred actions ---------------------------------
-
-# A model instance travels as {MODEL_KEY: "app.model", "pk": …}. A user's dict that uses a
-# reserved key travels wrapped as {DICT_KEY: {…}}, so it is never read as a row reference.
-MODEL_KEY = "__turbo_model__"
-DICT_KEY = "__turbo_dict__"
-_RESERVED = (MODEL_KEY, DICT_KEY)
-
-
-def encode_context(context: dict[str, Any]) -> dict[str, Any]:
-    """Turn a template context into JSON; model instances become row references.
-
-    Raises TypeError naming the key of a value that cannot travel to a worker.
-    """
-    return {key: _encode(value, key) for key, value in context.items()}
-
-
-def _encode(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, models.Model):
-        if value.pk is None:
-            raise TypeError(f"Context value {path!r} is an unsaved {type(value).__name__}.")
-        return {MODEL_KEY: value._meta.label_lower, "pk": json_value(value.pk)}
-    if isinstance(value, (list, tuple)):
-        return [_encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        encoded = {k: _encode(v, f"{path}.{k}") for k, v in value.items()}
-        return {DICT_KEY: encoded} if any(k in value for k in _RESERVED) else encoded
-    raise TypeError(
-        f"Context value {path!r} ({type(value).__name__}) cannot travel to a worker: "
-        f"use JSON values, lists, dicts and saved model instances."
-    )
-
-
-def decode_context(context: dict[str, Any], using: str) -> dict[str, Any]:
-    """Reverse encode_context; referenced rows are reloaded (missing ones become None)."""
-
-    def load(model: type[models.Model], pk: Any) -> models.Model | None:
-        return model._base_manager.using(using).filter(pk=pk).first()
-
-    return {k: _decode(v, "job", f"context.{k}", using, load) for k, v in context.items()}
-
-
-def check_context(context: dict[str, Any], where: str, using: str) -> None:
-    """Raise InvalidJob for a row reference in an encoded context that cannot be loaded
-    (an unknown model, a pk that does not fit); touches no row."""
-    for key, value in context.items():
-        _decode(value, where, f"context.{key}", using, lambda model, pk: None)
-
-
-def _decode(value: Any, where: str, path: str, using: str, load: Callable[[Any, Any], Any]) -> Any:
-    if isinstance(value, list):
-        return [_decode(v, where, f"{path}[{i}]", using, load) for i, v in enumerate(value)]
-    if not isinstance(value, dict):
-        return value
-    if set(value) == {DICT_KEY} and isinstance(value[DICT_KEY], dict):
-        value = value[DICT_KEY]
-    elif MODEL_KEY in value:
-        label = value.get(MODEL_KEY)
-        try:
-            model = apps.get_model(label) if isinstance(label, str) else None
-        except (LookupError, ValueError):
-            model = None
-        if model is None or set(value) != {MODEL_KEY, "pk"}:
-            raise InvalidJob(f"{where}: '{path}': {value!r} is not a valid row reference")
-        return load(model, check_pk(model, value["pk"], f"{where}: '{path}.pk'", using))
-    return {k: _decode(v, where, f"{path}.{k}", using, load) for k, v in value.items()}

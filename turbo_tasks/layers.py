@@ -24,6 +24,8 @@ from django.core.exceptions import ImproperlyConfigured
 from turbo_tasks import _compat, conf, history
 
 T = TypeVar("T")
+# (group, html, the socket id it must not reach or None)
+Frame = tuple[str, str, str | None]
 
 logger = logging.getLogger(__name__)
 
@@ -146,28 +148,57 @@ async def _with_members(layer: RedisChannelLayer, groups: set[str]) -> set[str]:
     return {group for group, yes in zip(ordered, found, strict=True) if yes}
 
 
-def push(layer: Any, frames: list[tuple[str, str]]) -> None:
-    """Send ``(group, html)`` frames: one channel-layer message per group (in chunks of
-    MAX_FRAMES_PER_MESSAGE), each group's frames in order, groups concurrently."""
-    by_group: dict[str, list[str]] = {}
-    for group, html in frames:
-        by_group.setdefault(group, []).append(html)
+def push(layer: Any, frames: list[Frame]) -> None:
+    """Send ``(group, html, exclude)`` frames: one channel-layer message per group (in
+    chunks of MAX_FRAMES_PER_MESSAGE, and split where ``exclude`` changes), each group's
+    frames in order, groups concurrently. A message with ``exclude`` skips that socket."""
+    by_group: dict[str, list[tuple[str | None, list[str]]]] = {}
+    for group, html, exclude in frames:
+        messages = by_group.setdefault(group, [])
+        last = messages[-1] if messages else None
+        if last is not None and last[0] == exclude and len(last[1]) < MAX_FRAMES_PER_MESSAGE:
+            last[1].append(html)
+        else:
+            messages.append((exclude, [html]))
     if by_group:
         run(_send_all(layer, by_group))
 
 
-async def _send_all(layer: Any, by_group: dict[str, list[str]]) -> None:
+async def _send_all(layer: Any, by_group: dict[str, list[tuple[str | None, list[str]]]]) -> None:
     limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
     keep = history.enabled(layer)
 
-    async def send_group(group: str, frames: list[str]) -> None:
+    async def send_group(group: str, messages: list[tuple[str | None, list[str]]]) -> None:
         async with limit:
-            for i in range(0, len(frames), MAX_FRAMES_PER_MESSAGE):
-                html = "".join(frames[i : i + MAX_FRAMES_PER_MESSAGE])
+            for exclude, frames in messages:
+                html = "".join(frames)
                 event = {"type": "turbo.message", "group": group, "html": html}
+                if exclude is not None:
+                    event["exclude"] = exclude
                 if keep:
                     # In the history first: a page that joins between the two replays it.
                     event["offset"] = await history.append(layer, group, html)
                 await layer.group_send(group, event)
 
-    await asyncio.gather(*(send_group(group, frames) for group, frames in by_group.items()))
+    await asyncio.gather(*(send_group(group, msgs) for group, msgs in by_group.items()))
+
+
+def can_debounce(layer: Any) -> bool:
+    """Whether refreshes can be debounced across workers (a channels_redis core layer)."""
+    return _compat.is_redis_core_layer(layer)
+
+
+def recheck(layer: Any, groups: list[str]) -> None:
+    """Ask every socket subscribed to ``groups`` to run ``user_passes_test`` again."""
+    if groups:
+        run(_recheck_all(layer, sorted(set(groups))))
+
+
+async def _recheck_all(layer: Any, groups: list[str]) -> None:
+    limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+
+    async def send(group: str) -> None:
+        async with limit:
+            await layer.group_send(group, {"type": "turbo.recheck", "group": group})
+
+    await asyncio.gather(*(send(group) for group in groups))

@@ -35,6 +35,9 @@ class Registry:
         self._by_model: dict[type[models.Model], type[ModelStream]] = {}
 
     def register(self, cls: type[Stream], app_label: str) -> None:
+        meta = getattr(cls, "Meta", None)
+        if meta is not None and hasattr(meta, "exclude_sender"):
+            cls.exclude_sender = bool(meta.exclude_sender)
         if issubclass(cls, ModelStream):
             self._register_model_stream(cls)
         name = f"{app_label}.{cls.__name__}"
@@ -71,6 +74,8 @@ class Registry:
             raise ImproperlyConfigured(f"{_qualname(cls)}: {exc}") from None
         cls.model = model
         cls.snapshot_attnames = attnames
+        if meta is not None and hasattr(meta, "broadcasts_refreshes"):
+            cls.broadcasts_refreshes = bool(meta.broadcasts_refreshes)
         self._by_model[model] = cls
         model.stream = _StreamDescriptor(cls)  # type: ignore[attr-defined]
 

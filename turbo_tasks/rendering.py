@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
 
 import django
@@ -9,13 +10,17 @@ from django.apps import apps
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
+from turbo_tasks import request_context
+
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from turbo_tasks.streams import Stream
 
-Action = Literal["append", "prepend", "replace", "update", "before", "after", "remove"]
+Action = Literal["append", "prepend", "replace", "update", "before", "after", "remove", "refresh"]
 ACTIONS: tuple[str, ...] = get_args(Action)
+# Actions that may morph (Turbo 8's method="morph") instead of replacing.
+MORPHING = ("replace", "update")
 
 
 def check_action(action: str) -> None:
@@ -48,18 +53,33 @@ class Target(TypedDict, total=False):
 
 
 def check_arguments(
-    action: str, template: str | None, id: str | None, selector: str | None, text: str | None
+    action: str,
+    template: str | None,
+    id: str | None,
+    selector: str | None,
+    text: str | None,
+    method: str | None = None,
 ) -> None:
     """Everything an action call can get wrong, before anything is rendered or sent: the
-    action, exactly one target, the template (partials need Django 6) and exactly one of a
-    template and ``text`` (``remove`` takes neither)."""
+    action, exactly one target, the template (partials need Django 6), exactly one of a
+    template and ``text`` (``remove`` takes neither) and ``method``."""
     check_action(action)
+    check_method(action, method)
+    if action == "refresh":
+        return  # its signature takes no target or content
     check_target(id, selector)
     check_template(template)
     if action != "remove" and (template is None) == (text is None):
         raise ValueError(
             f"{action}() needs a template name (with an optional context) "
             f"or text=, not {'both' if text is not None else 'neither'}."
+        )
+
+
+def check_method(action: str, method: str | None) -> None:
+    if method is not None and (method != "morph" or action not in MORPHING):
+        raise ValueError(
+            f"method={method!r}: only method='morph' is supported, on replace and update."
         )
 
 
@@ -93,13 +113,15 @@ def render_frame(
     context: dict[str, Any] | None = None,
     text: str | None = None,
     request: HttpRequest | None = None,
+    method: str | None = None,
+    request_id: str | None = None,
 ) -> str:
     """Render the template (Django autoescaping applies) or escape ``text``, and wrap it.
 
     With ``request`` (a view's response, not a worker's frame) the template gets the
     context processors' variables and ``{% csrf_token %}`` works.
     """
-    if action == "remove":
+    if action in ("remove", "refresh"):
         content = ""
     elif text is not None:
         content = escape(text)
@@ -108,11 +130,24 @@ def render_frame(
         content = render_to_string(template, context or {}, request=request)
     else:
         raise ValueError(f"{action}() needs a template name or text=.")
-    return turbo_stream(action, target=target, targets=targets, content=content)
+    return turbo_stream(
+        action,
+        target=target,
+        targets=targets,
+        content=content,
+        method=method,
+        request_id=request_id,
+    )
 
 
 def turbo_stream(
-    action: str, *, target: str | None = None, targets: str | None = None, content: str = ""
+    action: str,
+    *,
+    target: str | None = None,
+    targets: str | None = None,
+    content: str = "",
+    method: str | None = None,
+    request_id: str | None = None,
 ) -> str:
     """Return one ``<turbo-stream>`` element. ``content`` must already be safe HTML.
 
@@ -121,14 +156,25 @@ def turbo_stream(
         <turbo-stream action="append" target="ms"><template><p>hi</p></template></turbo-stream>
 
     ``remove`` has no ``<template>``:
-    ``<turbo-stream action="remove" target="message-5"></turbo-stream>``.
+    ``<turbo-stream action="remove" target="message-5"></turbo-stream>``; ``refresh`` has no
+    target either: ``<turbo-stream action="refresh" request-id="…"></turbo-stream>``
+    (``request-id`` only when given). ``method="morph"`` (replace and update):
+    ``<turbo-stream action="replace" method="morph" target="room"><template>…``.
     """
     check_action(action)
+    check_method(action, method)
+    attrs = f'action="{action}"'
+    if action == "refresh":
+        if request_id is not None:
+            attrs += f' request-id="{escape(request_id)}"'
+        return f"<turbo-stream {attrs}></turbo-stream>"
     check_target(target, targets)
+    if method is not None:
+        attrs += f' method="{method}"'
     if target is not None:
-        attrs = f'action="{action}" target="{escape(target)}"'
+        attrs += f' target="{escape(target)}"'
     else:
-        attrs = f'action="{action}" targets="{escape(targets)}"'
+        attrs += f' targets="{escape(targets)}"'
     if action == "remove":
         return f"<turbo-stream {attrs}></turbo-stream>"
     return f"<turbo-stream {attrs}><template>{content}</template></turbo-stream>"
@@ -137,8 +183,10 @@ def turbo_stream(
 class Broadcast:
     """One ``<turbo-stream>`` frame for one stream, as pushed to its Channels group.
 
-    Rendered on first access to ``html``: the worker skips rendering frames for streams
-    nobody is subscribed to.
+    Rendered on first access to ``html``, in the language and time zone of the request that
+    caused it (``request``, see turbo_tasks.request_context): the worker skips rendering
+    frames for streams nobody is subscribed to. A ``debounce`` refresh goes through
+    turbo_tasks.refreshes; ``trailing`` is the token of the window a trailing refresh closes.
     """
 
     __slots__ = (
@@ -147,10 +195,15 @@ class Broadcast:
         "_template",
         "_text",
         "action",
+        "debounce",
+        "exclude_sender",
         "group",
+        "method",
+        "request",
         "stream",
         "target",
         "targets",
+        "trailing",
     )
 
     def __init__(
@@ -163,27 +216,47 @@ class Broadcast:
         template: str | None = None,
         context: dict[str, Any] | None = None,
         text: str | None = None,
+        *,
+        method: str | None = None,
+        request: Mapping[str, str] | None = None,
+        exclude_sender: bool = False,
+        debounce: bool = False,
+        trailing: str | None = None,
     ) -> None:
         self.stream, self.group = stream, group
         self.action, self.target, self.targets = action, target, targets
         self._template, self._context, self._text = template, context, text
+        self.method, self.exclude_sender = method, exclude_sender
+        self.debounce, self.trailing = debounce, trailing
+        self.request: Mapping[str, str] = request or {}
         self._html: str | None = None
+
+    @property
+    def exclude(self) -> str | None:
+        """The socket id this frame must not reach (``exclude_sender``), if any."""
+        return self.request.get("sender") if self.exclude_sender else None
 
     @property
     def html(self) -> str:
         if self._html is None:
-            self._html = render_frame(
-                self.action,
-                target=self.target,
-                targets=self.targets,
-                template=self._template,
-                context=self._context,
-                text=self._text,
-            )
+            with request_context.activated(self.request):
+                self._html = render_frame(
+                    self.action,
+                    target=self.target,
+                    targets=self.targets,
+                    template=self._template,
+                    context=self._context,
+                    text=self._text,
+                    method=self.method,
+                    request_id=self.request.get("request_id"),
+                )
         return self._html
 
     def __repr__(self) -> str:
-        where = (
-            f"target={self.target!r}" if self.target is not None else f"targets={self.targets!r}"
-        )
-        return f"<Broadcast {self.action} {where} to {self.stream!r}>"
+        if self.target is not None:
+            where = f" target={self.target!r}"
+        elif self.targets is not None:
+            where = f" targets={self.targets!r}"
+        else:
+            where = ""
+        return f"<Broadcast {self.action}{where} to {self.stream!r}>"

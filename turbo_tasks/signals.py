@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.signals import post_delete, post_save
 
-from turbo_tasks import _compat, conf, outbox, publish
+from turbo_tasks import _compat, conf, outbox, publish, request_context
 from turbo_tasks.jobs import Job, delete_job, save_job
 
 _BATCH_ATTR = "_turbo_tasks_batch"
@@ -212,11 +212,18 @@ def enqueue(job: Job, using: str = DEFAULT_DB_ALIAS) -> None:
     enqueue_all([job], using)
 
 
-def enqueue_all(jobs: Sequence[Job], using: str = DEFAULT_DB_ALIAS) -> None:
+def enqueue_all(
+    jobs: Sequence[Job], using: str = DEFAULT_DB_ALIAS, *, suppressible: bool = True
+) -> None:
     """Publish ``jobs`` with the rest of the current transaction on ``using`` (at once, as
-    one message, outside a transaction); nothing inside ``suppress()``."""
-    if not jobs or suppressed():
+    one message, outside a transaction); nothing inside ``suppress()`` unless not
+    ``suppressible``. Each job records the request context (turbo_tasks.request_context)."""
+    if not jobs or (suppressible and suppressed()):
         return
+    request = request_context.capture()
+    if request:
+        for job in jobs:
+            job["request"] = request
     conn = connections[using]
     durable = conf.get("PUBLISH_MODE") == "outbox"
     if not conn.in_atomic_block:

@@ -15,13 +15,12 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, models
 
-from turbo_tasks import jobs, rendering, signals, signing
+from turbo_tasks import codec, jobs, rendering, request_context, signals, signing
+from turbo_tasks.actions import Actions
 from turbo_tasks.jobs import StreamRef, json_value
-from turbo_tasks.rendering import Broadcast, Context, Target
+from turbo_tasks.rendering import Broadcast, Context
 
 if TYPE_CHECKING:
-    from typing import Unpack
-
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 collector: ContextVar[list[Broadcast] | None] = ContextVar("turbo_tasks_collector", default=None)
 
 
-class Stream:
+class Stream(Actions):
     """A stream pages can subscribe to, e.g. a per-user notifications stream::
 
         class NotificationStream(turbo.Stream):
@@ -57,7 +56,19 @@ class Stream:
     before      ``action="before"``: inserts the content before the target
     after       ``action="after"``: inserts the content after the target
     remove      ``<turbo-stream action="remove" target="{id}"></turbo-stream>``
+    refresh     ``<turbo-stream action="refresh"></turbo-stream>``: the page reloads itself
+                (morphing where it has ``<meta name="turbo-refresh-method" content="morph">``);
+                ``request-id="…"`` is added when the change came from a Turbo request, so
+                the page that made it does not refresh
     ==========  ==========================================================================
+
+    ``replace`` and ``update`` take ``method="morph"``:
+    ``<turbo-stream action="replace" method="morph" target="{id}"><template>…`` (Turbo 8).
+    Every action takes ``exclude_sender=True``: the frame skips the socket of the page that
+    made the request (needs turbo_tasks.middleware.TurboTasksMiddleware); ``class Meta:
+    exclude_sender = True`` makes that the stream's default. ``refresh(debounce=True)``
+    sends at most one refresh per stream per ``TURBO_TASKS["REFRESH_DEBOUNCE_SECONDS"]``,
+    across all workers, the last one after the last change.
 
     Inside a hook the frame is rendered by the worker running it; anywhere else (a view,
     the shell) the action is sent after the current transaction commits and rendered by a
@@ -74,8 +85,9 @@ class Stream:
 
     _init_args: tuple[Any, ...]
     _init_kwargs: dict[str, Any]
-    # Set by the registry: "<app_label>.<ClassName>".
+    # Set by the registry: "<app_label>.<ClassName>", and Meta.exclude_sender.
     _registered_name: ClassVar[str | None] = None
+    exclude_sender: ClassVar[bool] = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Stream:
         self = super().__new__(cls)
@@ -150,89 +162,20 @@ class Stream:
         """Whether ``user`` may subscribe. Called on subscribe with the socket's user."""
         return True
 
-    # -- actions (markup in the class docstring) ---------------------------------------
+    # -- revoking access -----------------------------------------------------------------
 
-    def append(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Add the content at the end of the target (``action="append"``)."""
-        self._send("append", template, context, **to)
+    def recheck(self) -> None:
+        """Run ``user_passes_test`` again for every socket subscribed to this stream, after
+        the current transaction commits (e.g. once a user was removed from a room); sockets
+        whose user no longer passes get ``{"type": "revoked", "stream": …}`` and no more
+        frames. The user is reloaded from the database first."""
+        job: jobs.RecheckJob = {"action": "recheck", "stream": self.ref()}
+        # Not a broadcast: turbo.suppress() does not hold it back.
+        signals.enqueue_all([job], using=self._database(), suppressible=False)
 
-    def prepend(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Add the content at the start of the target (``action="prepend"``)."""
-        self._send("prepend", template, context, **to)
-
-    def replace(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Replace the target element itself (``action="replace"``)."""
-        self._send("replace", template, context, **to)
-
-    def update(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Replace the target's children (``action="update"``)."""
-        self._send("update", template, context, **to)
-
-    def before(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Insert the content before the target (``action="before"``)."""
-        self._send("before", template, context, **to)
-
-    def after(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Insert the content after the target (``action="after"``)."""
-        self._send("after", template, context, **to)
-
-    def remove(self, *, id: str | None = None, selector: str | None = None) -> None:
-        """Remove the target: ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
-        self._send("remove", None, None, id=id, selector=selector)
-
-    # -- awaitable actions: the sync action in Django's sync thread ----------------------
-
-    async def aappend(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Await :meth:`append`: ``<turbo-stream action="append" target="{id}"><template>…``."""
-        await sync_to_async(self.append)(template, context, **to)
-
-    async def aprepend(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Await :meth:`prepend`: ``<turbo-stream action="prepend" target="{id}"><template>…``."""
-        await sync_to_async(self.prepend)(template, context, **to)
-
-    async def areplace(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Await :meth:`replace`: ``<turbo-stream action="replace" target="{id}"><template>…``."""
-        await sync_to_async(self.replace)(template, context, **to)
-
-    async def aupdate(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Await :meth:`update`: ``<turbo-stream action="update" target="{id}"><template>…``."""
-        await sync_to_async(self.update)(template, context, **to)
-
-    async def abefore(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Await :meth:`before`: ``<turbo-stream action="before" target="{id}"><template>…``."""
-        await sync_to_async(self.before)(template, context, **to)
-
-    async def aafter(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
-    ) -> None:
-        """Await :meth:`after`: ``<turbo-stream action="after" target="{id}"><template>…``."""
-        await sync_to_async(self.after)(template, context, **to)
-
-    async def aremove(self, *, id: str | None = None, selector: str | None = None) -> None:
-        """Await :meth:`remove`: ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
-        await sync_to_async(self.remove)(id=id, selector=selector)
+    async def arecheck(self) -> None:
+        """Await :meth:`recheck`."""
+        await sync_to_async(self.recheck)()
 
     def _send(
         self,
@@ -243,18 +186,45 @@ class Stream:
         id: str | None = None,
         selector: str | None = None,
         text: str | None = None,
+        method: str | None = None,
+        exclude_sender: bool | None = None,
+        debounce: bool = False,
     ) -> None:
-        rendering.check_arguments(action, template, id, selector, text)
+        rendering.check_arguments(action, template, id, selector, text, method)
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
         if signals.suppressed():  # turbo.suppress(): arguments checked, nothing sent
             return
+        exclude = self.exclude_sender if exclude_sender is None else bool(exclude_sender)
         collected = collector.get()
         if collected is not None:
-            group = signing.group_name(ref)
-            collected.append(Broadcast(self, group, action, id, selector, template, context, text))
+            collected.append(
+                Broadcast(
+                    self,
+                    signing.group_name(ref),
+                    action,
+                    id,
+                    selector,
+                    template,
+                    context,
+                    text,
+                    method=method,
+                    request=request_context.capture(),
+                    exclude_sender=exclude,
+                    debounce=debounce,
+                )
+            )
             return
         job = jobs.broadcast_job(
-            ref, action, target=id, targets=selector, template=template, context=context, text=text
+            ref,
+            action,
+            target=id,
+            targets=selector,
+            template=template,
+            context=codec.encode_context(context or {}) if template is not None else None,
+            text=text,
+            method=method,
+            exclude_sender=exclude,
+            debounce=debounce,
         )
         signals.enqueue(job, using=self._database())
 
@@ -274,6 +244,11 @@ class ModelStream(Stream):
                 # except secret-looking ones such as password or api_token).
                 snapshot_fields = ["id", "room", "text"]  # or "__all__"
                 snapshot_exclude = ["body"]
+                # Optional: a debounced refresh of the row's stream after every save and
+                # delete (turbo-rails' broadcasts_refreshes); the hooks may be left out.
+                broadcasts_refreshes = True
+                # Optional: actions sent to this stream skip the sender's socket.
+                exclude_sender = True
 
             def on_save(self, message, created, *args, **kwargs):
                 if created:
@@ -282,8 +257,10 @@ class ModelStream(Stream):
     """
 
     model: ClassVar[type[models.Model]]
-    # Set by the registry from Meta.snapshot_fields / Meta.snapshot_exclude.
+    # Set by the registry from Meta.snapshot_fields / Meta.snapshot_exclude, and
+    # Meta.broadcasts_refreshes.
     snapshot_attnames: ClassVar[tuple[str, ...]] = ()
+    broadcasts_refreshes: ClassVar[bool] = False
 
     def __init__(self, instance: models.Model | None = None, *, pk: Any = None) -> None:
         self._instance = instance
@@ -323,9 +300,10 @@ class ModelStream(Stream):
 
     @classmethod
     def overrides(cls, hook: str) -> bool:
-        """Whether this class defines its own ``on_save``/``on_delete`` (no receiver is
-        connected for a hook that does nothing)."""
-        return getattr(cls, hook) is not getattr(ModelStream, hook)
+        """Whether a save (``"on_save"``) or delete (``"on_delete"``) of a row does anything:
+        this class defines its own hook, or broadcasts refreshes (no receiver is connected
+        for a write that would do nothing)."""
+        return cls.broadcasts_refreshes or getattr(cls, hook) is not getattr(ModelStream, hook)
 
     def _database(self) -> str:
         if self._instance is not None and self._instance._state.db:

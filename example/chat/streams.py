@@ -9,6 +9,9 @@ from .models import Message, Room
 class RoomStream(turbo.ModelStream):
     class Meta:
         model = Room
+        # A room renamed (say in the admin) refreshes its open pages, morphing them
+        # (room.html opts in), at most once per REFRESH_DEBOUNCE_SECONDS.
+        broadcasts_refreshes = True
 
     def user_passes_test(self, user):
         # Who may subscribe to room.stream: its members only. The signed name in the page
@@ -22,7 +25,11 @@ class MessageStream(turbo.ModelStream):
 
     def on_save(self, message, created, *args, **kwargs):
         if created:
-            message.room.stream.append("chat/message.html", {"message": message}, id="messages")
+            # The author's tab shows the message already (the redirect after posting
+            # renders it): spare that socket the frame.
+            message.room.stream.append(
+                "chat/message.html", {"message": message}, id="messages", exclude_sender=True
+            )
         else:
             message.room.stream.replace(
                 "chat/message.html", {"message": message}, id=f"message-{message.id}"

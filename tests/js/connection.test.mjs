@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import {
-  Progress, StreamConnection, parseOffset,
+  Progress, StreamConnection, addSocketHeader, parseOffset,
 } from "../../turbo_tasks/static/turbo_tasks/turbo-tasks.js";
 
 // A tiny deterministic scheduler standing in for setTimeout/clearTimeout.
@@ -86,6 +86,7 @@ function listener() {
     onRejected: (reason) => events.push(["rejected", reason]),
     onDisconnected: () => events.push(["disconnected"]),
     onReset: () => events.push(["reset"]),
+    onRevoked: () => events.push(["revoked"]),
   };
 }
 
@@ -458,4 +459,79 @@ test("rebase (a morphed since attribute) re-subscribes from the new offset", () 
   last().receive({ type: "reset", stream: "a" });
   conn.rebase("a", `${A}.99`);
   assert.deepEqual(last().sent.at(-1), { ...sub("a"), since: `${A}.99` });
+});
+
+test("hello gives the connection its socket id, forgotten when the socket is lost", () => {
+  const { conn, last } = setup();
+  conn.register("a", listener());
+  last().open();
+  assert.equal(conn.socketId, null);
+  last().receive({ type: "hello", socket_id: "abc_DEF-123" });
+  assert.equal(conn.socketId, "abc_DEF-123");
+  last().serverClose();
+  assert.equal(conn.socketId, null);
+});
+
+test("a spared frame (empty html, exclude_sender) reaches no listener but advances the offset", () => {
+  const { conn, timers, last } = setup();
+  const l = listener();
+  const inc = "0123456789abcdef";
+  conn.register("a", l, `${inc}.1`);
+  last().open();
+  last().receive({ type: "message", stream: "a", html: "", offset: `${inc}.2` });
+  last().receive({ type: "message", stream: "a", html: "<p>3</p>", offset: `${inc}.3` });
+  assert.deepEqual(l.events, [["message", "<p>3</p>"]]);
+  last().serverClose();
+  timers.advance(60000);
+  last().open();
+  assert.deepEqual(last().sent.at(-1), { type: "subscribe", stream: "a", since: `${inc}.3` });
+});
+
+test("revoked: listeners are told, and the stream is not re-subscribed after a reconnect", () => {
+  const { conn, timers, last } = setup();
+  const l = listener();
+  conn.register("a", l);
+  conn.register("b", listener());
+  last().open();
+  last().receive({ type: "subscribed", stream: "a" });
+  last().receive({ type: "revoked", stream: "a" });
+  assert.deepEqual(l.events, [["subscribed"], ["revoked"]]);
+  const late = listener();
+  conn.register("a", late);
+  assert.deepEqual(late.events, [["revoked"]]);
+  last().serverClose();
+  timers.advance(60000);
+  last().open();
+  assert.deepEqual(last().sent, [sub("b")]);
+});
+
+test("a stream rendered again after a revocation asks the server again", () => {
+  const { conn, timers, last } = setup();
+  const old = listener();
+  conn.register("a", old);
+  last().open();
+  last().receive({ type: "revoked", stream: "a" });
+  conn.unregister("a", old); // Turbo replaced the page: the old element leaves...
+  const fresh = listener();
+  conn.register("a", fresh); // ...and the new one registers before the unsubscribe runs
+  timers.advance(0);
+  assert.deepEqual(last().sent, [sub("a"), sub("a")]);
+  assert.deepEqual(fresh.events, []);
+});
+
+test("the socket header goes only to same-origin requests, and only with a socket id", () => {
+  const origin = "https://app.example";
+  const request = (url) => ({ detail: { url: new URL(url), fetchOptions: { headers: {} } } });
+  const same = request("https://app.example/rooms/1/messages");
+  addSocketHeader(same, "sock1", origin);
+  assert.deepEqual(same.detail.fetchOptions.headers, { "X-Turbo-Tasks-Socket": "sock1" });
+  const other = request("https://evil.example/collect");
+  addSocketHeader(other, "sock1", origin);
+  assert.deepEqual(other.detail.fetchOptions.headers, {});
+  const early = request("https://app.example/x");
+  addSocketHeader(early, null, origin);
+  assert.deepEqual(early.detail.fetchOptions.headers, {});
+  const headers = new Headers();
+  addSocketHeader({ detail: { url: "/relative", fetchOptions: { headers } } }, "sock2", origin);
+  assert.equal(headers.get("X-Turbo-Tasks-Socket"), "sock2");
 });

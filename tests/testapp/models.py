@@ -36,3 +36,10 @@ class Member(models.Model):
     name = models.CharField(max_length=100)
     password = models.CharField(max_length=128)
     api_token = models.CharField(max_length=64)
+
+
+class Notice(models.Model):
+    """Its stream renders a translated, time-zone dependent template and spares the sender."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE)
+    at = models.DateTimeField()

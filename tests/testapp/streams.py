@@ -6,7 +6,7 @@ from pathlib import Path
 import turbo_tasks as turbo
 from tests.otherapp.streams import AnnouncementStream, AuditedModelStream  # noqa: F401
 
-from .models import Gated, Member, Message, Room
+from .models import Gated, Member, Message, Notice, Room
 
 
 class RoomStream(turbo.ModelStream):
@@ -75,3 +75,23 @@ class RoomLookupStream(turbo.Stream):
 
     def __init__(self, room_id):
         self.room = Room.objects.get(pk=room_id)
+
+
+class NoticeStream(turbo.ModelStream):
+    class Meta:
+        model = Notice
+        exclude_sender = True  # so does every action sent to this stream by default
+
+    def on_save(self, notice, created, *args, **kwargs):
+        # The room's stream does not exclude the sender by itself: this action asks.
+        notice.room.stream.append(
+            "chat/notice.html", {"notice": notice}, id="notices", exclude_sender=True
+        )
+        notice.stream.update("chat/notice.html", {"notice": notice}, id="notice")
+
+
+class StaffStream(turbo.Stream):
+    """Staff only: a demotion must reach sockets that subscribed before it."""
+
+    def user_passes_test(self, user):
+        return user.is_staff

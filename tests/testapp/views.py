@@ -6,6 +6,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream
 
+from .models import Notice, Room
+
 
 def post_message(request: HttpRequest) -> HttpResponse:
     text = request.POST.get("text", "")
@@ -20,3 +22,9 @@ def post_message(request: HttpRequest) -> HttpResponse:
         .append("chat/message.html", {"message": {"id": 1, "text": text}}, id="messages")
         .remove(id="form-errors")
     )
+
+
+def post_notice(request: HttpRequest, room_id: int) -> HttpResponse:
+    """Saves a Notice; its stream's hook broadcasts it, sparing this request's socket."""
+    notice = Notice.objects.create(room=Room.objects.get(pk=room_id), at=request.POST["at"])
+    return HttpResponse(str(notice.pk), status=201)

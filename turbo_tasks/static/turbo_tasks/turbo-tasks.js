@@ -7,7 +7,11 @@
 
 // A subscription (one per signed name) is shared by every listener registered for that name.
 // Listener interface (all optional): onMessage(html), onSubscribed(), onRejected(reason),
-// onReset(), onDisconnected().
+// onReset(), onRevoked(), onDisconnected().
+//
+// The server's `hello` gives the connection its socket id (`socketId`, null while not
+// connected); the page sends it with its Turbo requests (X-Turbo-Tasks-Socket) so frames
+// sent with exclude_sender skip this page.
 //
 // Catch-up: a subscription remembers the offset up to which it has applied every message
 // (at first the `since` the page was rendered with) and re-subscribes with it after every
@@ -96,6 +100,7 @@ export class StreamConnection {
     this.subscriptions = new Map();
     this.socket = null;
     this.isOpen = false;
+    this.socketId = null;
     this.reconnectTimer = null;
     this.attempts = 0; // consecutive failed connects since the last successful open
   }
@@ -121,11 +126,17 @@ export class StreamConnection {
     // The page was reloaded after a reset and rendered this stream again (within the same
     // second its signed name is the same): start over from the new render's offset.
     if (sub.state === "reset" && since && since !== sub.resetSince) this.rebase(name, since);
+    // Rendered again after a revocation: ask again (the server checks the user anew).
+    if (sub.state === "revoked" && sub.listeners.size === 1) {
+      sub.state = null;
+      sub.sent = false;
+    }
     if (this.isOpen && !sub.sent) this._subscribe(name, sub);
     // A late joiner must learn the current status; the server will not repeat it.
     if (sub.state === "subscribed") this._call(listener, "onSubscribed");
     else if (sub.state === "rejected") this._call(listener, "onRejected", sub.reason);
     else if (sub.state === "reset") this._call(listener, "onReset");
+    else if (sub.state === "revoked") this._call(listener, "onRevoked");
     // Lazily (re)open, but never bypass a pending backoff timer.
     if (!this.socket && this.reconnectTimer === null) this._connect();
   }
@@ -185,7 +196,7 @@ export class StreamConnection {
     this.attempts = 0;
     for (const [name, sub] of this.subscriptions) {
       // Names only waiting for their deferred unsubscribe are not worth re-subscribing.
-      if (sub.listeners.size > 0) this._subscribe(name, sub);
+      if (sub.listeners.size > 0 && sub.state !== "revoked") this._subscribe(name, sub);
     }
   }
 
@@ -196,8 +207,9 @@ export class StreamConnection {
     for (const sub of this.subscriptions.values()) {
       const wasSubscribed = sub.state === "subscribed";
       // A reset still waiting for its page refresh stays a reset: the same since will be
-      // refused again after the reconnect, so nothing is marked caught up meanwhile.
-      if (sub.state !== "reset") sub.state = null;
+      // refused again after the reconnect, so nothing is marked caught up meanwhile. A
+      // revoked stream stays revoked.
+      if (sub.state !== "reset" && sub.state !== "revoked") sub.state = null;
       if (wasSubscribed) for (const l of [...sub.listeners]) this._call(l, "onDisconnected");
     }
     if (this.subscriptions.size > 0) this._scheduleReconnect();
@@ -209,6 +221,7 @@ export class StreamConnection {
     try { ws.close(); } catch { /* already closing */ }
     if (this.socket === ws) this.socket = null;
     this.isOpen = false;
+    this.socketId = null;
     for (const sub of this.subscriptions.values()) {
       sub.sent = false;
       this._stopWaiting(sub);
@@ -263,13 +276,18 @@ export class StreamConnection {
     }
     if (!frame || typeof frame !== "object") return;
     if (frame.type === "error") return void this.logger?.warn?.("turbo-tasks: server error:", frame.reason);
+    if (frame.type === "hello") {
+      this.socketId = typeof frame.socket_id === "string" ? frame.socket_id : null;
+      return;
+    }
     const sub = this.subscriptions.get(frame.stream);
     if (!sub) return; // stale frame for a name we already dropped
     // Copy: a listener may unregister (or register) while we iterate.
     const listeners = [...sub.listeners];
     if (frame.type === "message") {
       if (typeof frame.html !== "string") return;
-      for (const l of listeners) this._call(l, "onMessage", frame.html);
+      // Empty: a frame this page was spared (exclude_sender); only its offset counts.
+      if (frame.html) for (const l of listeners) this._call(l, "onMessage", frame.html);
       // Applied: the next subscribe asks for what follows it.
       if (sub.state !== "reset") sub.progress.applied(frame.offset);
     } else if (frame.type === "subscribed") {
@@ -287,6 +305,12 @@ export class StreamConnection {
       sub.state = "rejected";
       sub.reason = String(frame.reason);
       for (const l of listeners) this._call(l, "onRejected", sub.reason);
+    } else if (frame.type === "revoked") {
+      // No more frames: the user lost access. Not re-subscribed until the page renders
+      // the stream again (a reconnect would only be refused).
+      this._stopWaiting(sub);
+      sub.state = "revoked";
+      for (const l of listeners) this._call(l, "onRevoked");
     }
   }
 
@@ -313,6 +337,20 @@ export function getConnection(urlHint) {
     connection = new StreamConnection({ url: url.href });
   }
   return connection;
+}
+
+// Same-origin Turbo requests (form submissions, visits, frame loads) name this page's socket,
+// so the server can keep frames sent with exclude_sender from it. Never sent to other
+// origins: whoever holds the id can make this page miss those frames.
+export function addSocketHeader(event, socketId, origin) {
+  const detail = event?.detail;
+  const headers = detail?.fetchOptions?.headers;
+  if (!socketId || !headers || typeof headers !== "object") return;
+  let url;
+  try { url = new URL(detail.url, origin); } catch { return; }
+  if (url.origin !== origin) return;
+  if (typeof headers.set === "function") headers.set("X-Turbo-Tasks-Socket", socketId);
+  else headers["X-Turbo-Tasks-Socket"] = socketId;
 }
 
 // Turbo is a separate script that may evaluate after this one; turbo-stream being defined
@@ -388,6 +426,7 @@ export class TurboChannelsStreamSourceElement extends Base {
 
   onSubscribed() {
     this.removeAttribute("data-rejected");
+    this.removeAttribute("data-revoked");
     this.setAttribute("connected", "");
     this._emit("turbo-tasks:subscribed", {});
   }
@@ -396,6 +435,13 @@ export class TurboChannelsStreamSourceElement extends Base {
     this.removeAttribute("connected");
     this.setAttribute("data-rejected", reason);
     this._emit("turbo-tasks:rejected", { reason });
+  }
+
+  // The user no longer passes the stream's permission check: no more frames.
+  onRevoked() {
+    this.removeAttribute("connected");
+    this.setAttribute("data-revoked", "");
+    this._emit("turbo-tasks:revoked", {});
   }
 
   // The server cannot replay what this page missed: reload the page's state through Turbo
@@ -420,4 +466,7 @@ if (typeof customElements !== "undefined" && globalThis.HTMLElement) {
   }
   // Debugging handle: TurboTasks.connection is null until the first element connects.
   window.TurboTasks = { get connection() { return connection; }, getConnection };
+  document.addEventListener("turbo:before-fetch-request", (event) => {
+    addSocketHeader(event, connection?.socketId, window.location.origin);
+  });
 }

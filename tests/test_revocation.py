@@ -1,0 +1,104 @@
+"""Revoked access: stream.recheck(), the periodic recheck, and re-subscribing on an open
+socket, with real sockets (uvicorn + channels_redis) and a real worker."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import Client, override_settings
+
+import turbo_tasks as turbo
+from tests.testapp.models import Message, Room
+from tests.testapp.streams import StaffStream
+from turbo_tasks.consumers import TurboStreamsConsumer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_cookie(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.mark.usefixtures("celery_worker_process")
+def test_a_removed_member_is_revoked_and_gets_nothing_more(ws_client):
+    user = User.objects.create_user("ann")
+    private, public = Room.objects.create(name="p", private=True), Room.objects.create(name="o")
+    private.members.add(user)
+    client = ws_client(cookie=session_cookie(user))
+    name = private.stream.signed_name
+    assert client.subscribe(name)["type"] == "subscribed"
+    client.subscribe(public.stream.signed_name)
+    Message.objects.create(room=private, text="before")
+    assert "before" in client.messages()
+
+    private.members.remove(user)
+    private.stream.recheck()  # after commit, through the worker, to every subscriber
+    assert client.wait(lambda f: f["type"] == "revoked") == {"type": "revoked", "stream": name}
+
+    Message.objects.create(room=private, text="after")
+    Message.objects.create(room=public, text="public")
+    # Frames are pushed in commit order: once the public one is here, the private one
+    # would have been too.
+    assert "public" in client.messages()
+    assert not [f for f in client.frames if "after" in f.get("html", "")]
+    # Asking again on the same socket is checked again, and refused.
+    assert client.subscribe(name) == {"type": "rejected", "stream": name, "reason": "forbidden"}
+
+
+@pytest.mark.usefixtures("celery_worker_process")
+def test_recheck_keeps_those_who_still_pass(ws_client):
+    ann, bob = User.objects.create_user("ann"), User.objects.create_user("bob")
+    room = Room.objects.create(name="p", private=True)
+    room.members.add(ann, bob)
+    clients = {u.username: ws_client(cookie=session_cookie(u)) for u in (ann, bob)}
+    for client in clients.values():
+        client.subscribe(room.stream.signed_name)
+    room.members.remove(bob)
+    with turbo.suppress():  # suppresses broadcasts, never a permission check
+        room.stream.recheck()
+    assert clients["bob"].wait(lambda f: f["type"] == "revoked")["type"] == "revoked"
+    Message.objects.create(room=room, text="members only")
+    assert "members only" in clients["ann"].messages()
+    assert not [f for f in clients["ann"].frames if f["type"] == "revoked"]
+
+
+def test_a_resubscribe_on_an_open_socket_sees_a_demotion(ws_client):
+    # The socket's user was loaded at connect; the check must see the database as it is.
+    user = User.objects.create_user("ann", is_staff=True)
+    client = ws_client(cookie=session_cookie(user))
+    name = StaffStream().signed_name
+    assert client.subscribe(name)["type"] == "subscribed"
+    User.objects.filter(pk=user.pk).update(is_staff=False)
+    client.send({"type": "unsubscribe", "stream": name})
+    assert client.subscribe(name) == {"type": "rejected", "stream": name, "reason": "forbidden"}
+    User.objects.filter(pk=user.pk).update(is_staff=True, is_active=False)
+    assert client.subscribe(name)["reason"] == "forbidden"  # deactivated: anonymous
+
+
+@pytest.mark.asyncio
+async def test_the_periodic_group_refresh_rechecks_every_subscription():
+    # Consumer logic only: the in-memory layer and a scope user set by hand.
+    user = await sync_to_async(User.objects.create_user)("ann", is_staff=True)
+    with override_settings(
+        TURBO_TASKS={"GROUP_REFRESH_SECONDS": 0.2},
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+    ):
+        ws = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/turbo/")
+        ws.scope["user"] = user
+        assert (await ws.connect(timeout=10))[0]
+        try:
+            assert (await ws.receive_json_from(timeout=10))["type"] == "hello"
+            name = StaffStream().signed_name
+            await ws.send_json_to({"type": "subscribe", "stream": name})
+            assert (await ws.receive_json_from(timeout=10))["type"] == "subscribed"
+            await sync_to_async(User.objects.filter(pk=user.pk).update)(is_staff=False)
+            frame = await ws.receive_json_from(timeout=10)
+            assert frame == {"type": "revoked", "stream": name}
+            # Later refreshes (every 0.2 s) find nothing left to revoke.
+            assert await ws.receive_nothing(timeout=0.6)
+        finally:
+            await ws.disconnect(timeout=10)

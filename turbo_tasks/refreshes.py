@@ -1,0 +1,103 @@
+"""Debounced refreshes: at most one ``refresh`` per stream per window, across all workers.
+
+``stream.refresh(debounce=True)`` (and ModelStream ``Meta.broadcasts_refreshes``) reaches a
+worker as a refresh to debounce. The worker sets the stream's window key in the channel
+layer's Redis (on the stream's shard) if it is not set; only the worker that set it
+schedules the *trailing* refresh: a ``turbo_tasks.deliver`` task with a countdown of
+``REFRESH_DEBOUNCE_SECONDS``. Every later refresh of the stream in the window finds the key
+and is dropped. The trailing task first deletes the key, then pushes the refresh, so a
+change that comes after the delete opens a new window and one that came before it is
+already committed when the page reloads: the last change is never lost.
+
+The key's value is ``"<token>|<request id>|<sender>"``: a request id or sender that
+differs between the refreshes of one window is cleared, so the trailing refresh carries
+``request-id`` (or skips a sender) only when all of them came from that one request.
+A key outlives its window by ``GRACE_SECONDS``: a trailing task that has not run by then
+(a worker lost with it) is presumed lost, and the next refresh opens a new window.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from turbo_tasks import _compat, conf
+from turbo_tasks.jobs import BroadcastJob
+from turbo_tasks.publish import TASK_NAME, readable_args
+
+logger = logging.getLogger(__name__)
+
+GRACE_SECONDS = 10
+
+# KEYS[1]: the window key. ARGV: token, request id, sender ("" for none), ttl in ms.
+# Returns 1 when this call opened the window (the caller schedules the trailing refresh).
+_OPEN = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+local token, rid, sender = string.match(current, '^([^|]*)|([^|]*)|([^|]*)$')
+if token == nil then return 0 end
+if rid ~= ARGV[2] then rid = '' end
+if sender ~= ARGV[3] then sender = '' end
+redis.call('SET', KEYS[1], token .. '|' .. rid .. '|' .. sender, 'KEEPTTL')
+return 0
+"""
+
+# KEYS[1]: the window key. ARGV[1]: the trailing task's token. Closes the window if it is
+# still that task's; returns {request id, sender} of its refreshes ({"", ""} otherwise).
+_CLOSE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return {'', ''} end
+local token, rid, sender = string.match(current, '^([^|]*)|([^|]*)|([^|]*)$')
+if token ~= ARGV[1] then return {'', ''} end
+redis.call('DEL', KEYS[1])
+return {rid, sender}
+"""
+
+
+def _key(layer: Any, group: str) -> str:
+    return f"{layer.prefix}:turbo_tasks:refresh:{group}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def open_window(layer: Any, group: str, request_id: str | None, sender: str | None) -> str:
+    """Note a refresh of ``group``; return the token of the window it opened (the caller
+    must schedule the trailing refresh with it), or "" when a window was open already."""
+    token = secrets.token_hex(8)
+    ttl = int((conf.get("REFRESH_DEBOUNCE_SECONDS") + GRACE_SECONDS) * 1000)
+    connection = _compat.group_connection(layer, group)
+    opened = await connection.eval(
+        _OPEN, 1, _key(layer, group), token, request_id or "", sender or "", ttl
+    )
+    return token if opened else ""
+
+
+async def close_window(layer: Any, group: str, token: str) -> tuple[str | None, str | None]:
+    """Close the window ``token`` opened (if it is still open); return the request id and
+    sender every refresh in it shared (None where they differed or were absent)."""
+    connection = _compat.group_connection(layer, group)
+    rid, sender = await connection.eval(_CLOSE, 1, _key(layer, group), token)
+    return _text(rid) or None, _text(sender) or None
+
+
+def schedule(job: BroadcastJob) -> None:
+    """Publish the trailing refresh ``job`` to run after the debounce window."""
+    from celery import current_app
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app.send_task(
+        TASK_NAME,
+        ([job],),
+        countdown=conf.get("REFRESH_DEBOUNCE_SECONDS"),
+        queue=conf.get("QUEUE"),
+        ignore_result=True,
+        retry=True,
+        retry_policy=conf.get("PUBLISH_RETRY_POLICY"),
+        **readable_args([job], {}),
+    )

@@ -1,0 +1,124 @@
+"""Request context: what a job carries of the request that caused it.
+
+Captured when a job is recorded (signal time, or an action's call) as the job's ``request``
+object, only with what differs from the worker's own defaults::
+
+    {"action": "save", "model": "chat.message", "pk": 5, "created": true,
+     "request": {"language": "fr", "time_zone": "Europe/Paris",
+                 "sender": "bq3n…", "request_id": "6f1c…"}}
+
+and restored in the worker around the hooks and the rendering (:func:`activated`):
+
+- ``language``: ``translation.get_language()``, activated with ``translation.override``;
+- ``time_zone``: the current time zone's IANA name, activated with ``timezone.override``;
+- ``sender``: the socket the request came from (the page's ``hello.socket_id``, sent by the
+  element as the ``X-Turbo-Tasks-Socket`` header); actions with ``exclude_sender`` skip it;
+- ``request_id``: Turbo 8's ``X-Turbo-Request-Id``, put on ``refresh`` actions as
+  ``request-id`` so the page that made the change does not refresh itself.
+
+The last two come from :class:`turbo_tasks.middleware.TurboTasksMiddleware`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone, translation
+
+SOCKET_HEADER = "X-Turbo-Tasks-Socket"
+REQUEST_ID_HEADER = "X-Turbo-Request-Id"
+
+KEYS = ("language", "time_zone", "sender", "request_id")
+# What a header may hold to be taken at all: socket ids are ours (URL-safe base64), request
+# ids Turbo's UUIDs. Anything else is ignored, so junk never travels in jobs.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LANGUAGE = re.compile(r"[A-Za-z]{1,8}(?:[-_@][A-Za-z0-9]{1,8})*")
+
+# The sender and request id of the request being handled (set by the middleware), or of the
+# job being run (set by the worker).
+_NONE: Mapping[str, str] = MappingProxyType({})
+_origin: ContextVar[Mapping[str, str]] = ContextVar("turbo_tasks_origin", default=_NONE)
+
+
+def token(value: Any) -> str | None:
+    """``value`` if it is a well-formed socket or request id, else None."""
+    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else None
+
+
+def sender() -> str | None:
+    """The socket id the current request (or job) came from, if any."""
+    return _origin.get().get("sender")
+
+
+def request_id() -> str | None:
+    """Turbo's ``X-Turbo-Request-Id`` of the current request (or job), if any."""
+    return _origin.get().get("request_id")
+
+
+@contextlib.contextmanager
+def origin(sender: str | None, request_id: str | None) -> Iterator[None]:
+    """Make ``sender``/``request_id`` (malformed values are dropped) the current ones."""
+    values = {"sender": token(sender), "request_id": token(request_id)}
+    reset = _origin.set({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        _origin.reset(reset)
+
+
+def capture() -> dict[str, str]:
+    """The ``request`` object of a job recorded now (empty when all is default)."""
+    found = dict(_origin.get())
+    language = translation.get_language()
+    if language and language != settings.LANGUAGE_CODE:
+        found["language"] = language
+    # A fixed offset (datetime.timezone) has no IANA name a worker could load: not carried.
+    name = getattr(timezone.get_current_timezone(), "key", None)
+    if name and name != timezone.get_default_timezone_name():
+        found["time_zone"] = name
+    return found
+
+
+def problem(request: Any) -> str | None:
+    """What is wrong with a job's ``request`` object (None when it is usable)."""
+    if not isinstance(request, dict):
+        return "must be an object"
+    for key, value in request.items():
+        if key not in KEYS:
+            return f"unknown key {key!r} (known: {', '.join(KEYS)})"
+        if not isinstance(value, str):
+            return f"{key!r} must be a string"
+    language = request.get("language")
+    if language is not None and not _LANGUAGE.fullmatch(language):
+        return f"'language' {language!r} is not a language code"
+    name = request.get("time_zone")
+    if name is not None:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return f"'time_zone' {name!r} is not a known time zone"
+    for key in ("sender", "request_id"):
+        if key in request and token(request[key]) is None:
+            return f"{key!r} {request[key]!r} is not a valid id"
+    return None
+
+
+@contextlib.contextmanager
+def activated(request: Mapping[str, str] | None) -> Iterator[None]:
+    """Run the block as the job's request did: its language, time zone and origin (the
+    worker's defaults for what the job does not carry). ``request`` was checked with
+    :func:`problem`."""
+    request = request or {}
+    with (
+        translation.override(request.get("language", settings.LANGUAGE_CODE)),
+        timezone.override(request.get("time_zone")),  # None: the default time zone
+        origin(request.get("sender"), request.get("request_id")),
+    ):
+        yield
