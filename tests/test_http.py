@@ -46,6 +46,16 @@ def test_response_action_text_markup(action: str) -> None:
     )
 
 
+def test_response_morphs_on_replace_and_update_only() -> None:
+    response = TurboStreamResponse().replace(text="x", id="room", method="morph")
+    assert response.content.decode() == (
+        '<turbo-stream action="replace" method="morph" target="room"><template>x</template>'
+        "</turbo-stream>"
+    )
+    with pytest.raises(ValueError, match="only method='morph' is supported"):
+        TurboStreamResponse().update(text="x", id="room", method="swap")  # type: ignore[arg-type]
+
+
 def test_response_text_is_escaped() -> None:
     response = TurboStreamResponse().update(text="<b>&</b>", id="count")
     assert response.content.decode() == (

@@ -441,6 +441,14 @@ def test_check_celery_app_is_loaded():
     assert checks.check_celery_app() == []
 
 
+def test_check_exclude_sender_needs_the_middleware():
+    assert checks.check_sender_middleware() == []  # tests.settings has it
+    with override_settings(MIDDLEWARE=[]):
+        (warning,) = checks.check_sender_middleware()
+    assert warning.id == "turbo_tasks.W006"
+    assert "testapp.NoticeStream" in warning.msg
+
+
 # -- turbo-django's names ------------------------------------------------------------------
 
 

@@ -18,6 +18,29 @@ def register() -> None:
     checks.register(check_settings, "turbo_tasks")
     checks.register(check_channel_layer, "turbo_tasks")
     checks.register(check_celery_app, "turbo_tasks")
+    checks.register(check_sender_middleware, "turbo_tasks")
+
+
+MIDDLEWARE = "turbo_tasks.middleware.TurboTasksMiddleware"
+
+
+def check_sender_middleware(**kwargs: Any) -> list[checks.CheckMessage]:
+    from turbo_tasks.registry import registry
+
+    sparing = sorted(
+        name for name in registry.names() if getattr(registry.get(name), "exclude_sender", False)
+    )
+    if sparing and MIDDLEWARE not in getattr(settings, "MIDDLEWARE", ()):
+        return [
+            checks.Warning(
+                f"Stream(s) {', '.join(sparing)} say Meta.exclude_sender = True, but no request "
+                f"names its sender: {MIDDLEWARE} is not in MIDDLEWARE, so every frame reaches "
+                f"every socket, the sender's too.",
+                hint=f"Add {MIDDLEWARE!r} to MIDDLEWARE.",
+                id="turbo_tasks.W006",
+            )
+        ]
+    return []
 
 
 def _number(value: Any) -> bool:
@@ -31,6 +54,7 @@ _VALUE_RULES: list[tuple[str, str, Any]] = [
     ("HISTORY_LENGTH", "an integer >= 0", lambda v: type(v) is int and v >= 0),
     ("HISTORY_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("GROUP_REFRESH_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
+    ("REFRESH_DEBOUNCE_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("MAX_RETRIES", "an integer >= 0", lambda v: type(v) is int and v >= 0),
     ("RETRY_BACKOFF", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("RETRY_BACKOFF_MAX", "a number of seconds > 0", lambda v: _number(v) and v > 0),

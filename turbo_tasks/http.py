@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from django.http import HttpRequest, HttpResponse
 
 from turbo_tasks import rendering
+from turbo_tasks.actions import Morph
 from turbo_tasks.rendering import Context, Target
 
 if TYPE_CHECKING:
@@ -88,16 +89,28 @@ class TurboStreamResponse(HttpResponse):
         return self._add("prepend", template, context, **to)
 
     def replace(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+        self,
+        template: str | None = None,
+        context: Context = None,
+        *,
+        method: Morph = None,
+        **to: Unpack[Target],
     ) -> TurboStreamResponse:
-        """Add ``<turbo-stream action="replace" target="{id}"><template>…``."""
-        return self._add("replace", template, context, **to)
+        """Add ``<turbo-stream action="replace" target="{id}"><template>…`` (with
+        ``method="morph"``: ``<turbo-stream action="replace" method="morph" …``)."""
+        return self._add("replace", template, context, method=method, **to)
 
     def update(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Target]
+        self,
+        template: str | None = None,
+        context: Context = None,
+        *,
+        method: Morph = None,
+        **to: Unpack[Target],
     ) -> TurboStreamResponse:
-        """Add ``<turbo-stream action="update" target="{id}"><template>…``."""
-        return self._add("update", template, context, **to)
+        """Add ``<turbo-stream action="update" target="{id}"><template>…`` (with
+        ``method="morph"``: ``<turbo-stream action="update" method="morph" …``)."""
+        return self._add("update", template, context, method=method, **to)
 
     def before(
         self, template: str | None = None, context: Context = None, **to: Unpack[Target]
@@ -124,9 +137,10 @@ class TurboStreamResponse(HttpResponse):
         id: str | None = None,
         selector: str | None = None,
         text: str | None = None,
+        method: str | None = None,
     ) -> TurboStreamResponse:
         # Check everything before rendering, so a bad target never costs a template render.
-        rendering.check_arguments(action, template, id, selector, text)
+        rendering.check_arguments(action, template, id, selector, text, method)
         self.write(
             rendering.render_frame(
                 action,
@@ -136,6 +150,7 @@ class TurboStreamResponse(HttpResponse):
                 context=context,
                 text=text,
                 request=self._turbo_request,
+                method=method,
             )
         )
         return self

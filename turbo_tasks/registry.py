@@ -84,6 +84,9 @@ class Registry:
         self._by_name.pop(cls.__dict__.get("_registered_name") or "", None)
         cls._registered_name = None
 
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
     def get(self, name: str) -> type[Stream] | None:
         return self._by_name.get(name)
 
