@@ -552,8 +552,10 @@ def test_a_renamed_room_refreshes_its_pages_by_morphing(stack: Stack, browser) -
         bob.log_in()
         bob.page.goto(room)
         bob.wait_subscribed()
+        bob.page.set_viewport_size({"width": 900, "height": 240})  # so that it scrolls
         bob.page.evaluate("window.scrollTo(0, 80)")
         scrolled = bob.page.evaluate("window.scrollY")
+        assert scrolled > 0
         bob.page.evaluate("window.__marker = 1; document.querySelector('#messages').__kept = 1")
         rename("book club", "club 1", "club 2", "club 3")
         expect(bob.page.locator("h1")).to_have_text("club 3")
