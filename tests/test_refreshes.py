@@ -85,3 +85,20 @@ def test_the_window_key_opens_once_and_closes_only_with_its_token(redis_server):
     # The sender differed between the two refreshes: the trailing one excludes nobody.
     assert layers.run(refreshes.close_window(layer, group, token)) == ("r1", None)
     assert layers.run(refreshes.open_window(layer, group, None, None))  # a new window
+
+
+def test_a_window_left_open_past_its_deadline_is_taken_over(redis_server, monkeypatch):
+    # The worker that opened it died before scheduling the trailing refresh: the next
+    # refresh must not be dropped for good.
+    monkeypatch.setattr(refreshes, "GRACE_SECONDS", 0)
+    layer = layers.get_layer()
+    group = f"g-{uuid.uuid4().hex}"
+    with override_settings(TURBO_TASKS={"REFRESH_DEBOUNCE_SECONDS": 0.05}):
+        first = layers.run(refreshes.open_window(layer, group, None, None))
+        assert first
+        wait_for(
+            lambda: layers.run(refreshes.open_window(layer, group, None, None)),
+            10,
+            "a refresh to open a new window once the old one is overdue",
+        )
+        assert layers.run(refreshes.close_window(layer, group, first)) == (None, None)

@@ -245,3 +245,44 @@ def test_the_senders_socket_is_spared_end_to_end(ws_client, asgi_server):
     Notice.objects.create(room=room, at=MIDNIGHT_UTC)
     assert "notice-" in author.messages()
     assert "notice-" in other.messages()
+
+
+def test_a_hooks_own_writes_keep_the_locale_but_not_the_sender():
+    # In a worker, a write a hook makes is not the sender's: its page must get it.
+    job_request = {"language": "fr", "sender": SOCKET, "request_id": REQUEST_ID}
+    with request_context.activated(job_request):
+        assert request_context.capture(for_job=True) == {"language": "fr"}
+        assert request_context.capture() == job_request  # what the hook's actions carry
+    with request_context.origin(SOCKET, REQUEST_ID):  # a request: its writes are its own
+        assert request_context.capture(for_job=True) == {
+            "sender": SOCKET,
+            "request_id": REQUEST_ID,
+        }
+
+
+def test_merged_rows_keep_a_sender_only_when_every_job_had_it():
+    a = {"language": "fr", "sender": SOCKET, "request_id": REQUEST_ID}
+    assert request_context.merged(a, a) == a
+    assert request_context.merged(a, {"language": "de", "sender": SOCKET}) == {
+        "language": "de",
+        "sender": SOCKET,
+    }
+    assert request_context.merged(a, None) == {}
+    assert request_context.merged(None, a) == {"language": "fr"}
+
+
+@pytest.mark.parametrize(
+    "request_object",
+    [{"time_zone": "A/" * 500 + "b"}, {"time_zone": "../etc/passwd"}, {"language": "a" * 40}],
+)
+def test_odd_values_are_invalid_jobs_not_crashes(request_object):
+    from turbo_tasks.request_context import problem
+
+    assert problem(request_object) is not None
+
+
+def test_an_unsupported_language_falls_back_to_the_default():
+    with request_context.activated({"language": "xx-yy"}):
+        assert translation.get_language() == settings.LANGUAGE_CODE
+    with request_context.activated({"language": "fr-ca"}):
+        assert translation.get_language() in ("fr-ca", "fr")

@@ -3,6 +3,8 @@ socket, with real sockets (uvicorn + channels_redis) and a real worker."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -100,5 +102,48 @@ async def test_the_periodic_group_refresh_rechecks_every_subscription():
             assert frame == {"type": "revoked", "stream": name}
             # Later refreshes (every 0.2 s) find nothing left to revoke.
             assert await ws.receive_nothing(timeout=0.6)
+        finally:
+            await ws.disconnect(timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_a_recheck_sent_while_a_subscribe_is_being_checked_reaches_it(monkeypatch):
+    # The socket joins the group before the permission check reads the database: a
+    # revocation committed after that read is followed by a recheck this socket receives.
+    from channels.layers import get_channel_layer
+
+    from turbo_tasks import consumers
+
+    user = await sync_to_async(User.objects.create_user)("ann", is_staff=True)
+    checking, release = asyncio.Event(), asyncio.Event()
+    real_authorize = consumers._authorize
+
+    async def slow_authorize(name, user):  # type: ignore[no-untyped-def]
+        answer = await real_authorize(name, user)  # reads is_staff=True
+        checking.set()
+        await release.wait()
+        return answer
+
+    monkeypatch.setattr(consumers, "_authorize", slow_authorize)
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    ):
+        ws = WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/turbo/")
+        ws.scope["user"] = user
+        assert (await ws.connect(timeout=10))[0]
+        try:
+            assert (await ws.receive_json_from(timeout=10))["type"] == "hello"
+            stream = StaffStream()
+            await ws.send_json_to({"type": "subscribe", "stream": stream.signed_name})
+            await asyncio.wait_for(checking.wait(), 10)
+            # Demoted, and stream.recheck() ran, while the subscribe is still in flight.
+            await sync_to_async(User.objects.filter(pk=user.pk).update)(is_staff=False)
+            await get_channel_layer().group_send(
+                stream.group_name, {"type": "turbo.recheck", "group": stream.group_name}
+            )
+            release.set()
+            assert (await ws.receive_json_from(timeout=10))["type"] == "subscribed"
+            frame = await ws.receive_json_from(timeout=10)
+            assert frame == {"type": "revoked", "stream": stream.signed_name}
         finally:
             await ws.disconnect(timeout=10)

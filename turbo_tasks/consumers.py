@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
 
-from turbo_tasks import _compat, conf, history
+from turbo_tasks import _compat, conf, history, signing
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.registry import resolve_signed_name
 
@@ -182,21 +182,32 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def _subscribe(self, name: str, since: str | None) -> None:
         user = self.scope.get("user") or AnonymousUser()
         try:
-            group, allowed = await _authorize(name, user)
+            # The signature first (no thread, no database): a forged name costs nothing.
+            group = signing.group_name(signing.unsign(name))
         except StreamRejected as exc:
             return await self._reply("rejected", stream=name, reason=exc.reason)
         limit = conf.get("MAX_SUBSCRIPTIONS_PER_SOCKET")
         if group not in self.subscriptions and len(self.subscriptions) >= limit:
             return await self._reply("rejected", stream=name, reason="too_many_subscriptions")
+        # Join before the permission check, and before reading the history: a
+        # stream.recheck() sent after the check's read reaches this socket (it is a member
+        # by then), and a frame pushed before the history read is in both (the mark below
+        # drops the live copy). Nothing reaches the page before the check passes: frames
+        # wait while this subscribe runs and go only to names in self.subscriptions.
+        joined = await self._join_new(group)
+        try:
+            resolved, allowed = await _authorize(name, user)
+        except StreamRejected as exc:
+            await self._leave_unused(joined)
+            return await self._reply("rejected", stream=name, reason=exc.reason)
+        if resolved != group:  # a stream whose arguments normalise differently
+            await self._leave_unused(joined)
+            joined, group = await self._join_new(resolved), resolved
         if not allowed:
+            await self._leave_unused(joined)
             return await self._reply("rejected", stream=name, reason="forbidden")
         async with self._membership:
-            if group not in self.subscriptions:
-                self.subscriptions[group] = {}
-                # Join before reading the history: a frame pushed in between is in both,
-                # and the mark below drops the live copy.
-                await self._join(group)
-            self.subscriptions[group][name] = None
+            self.subscriptions.setdefault(group, {})[name] = None
         if not history.enabled(self.channel_layer):
             return await self._reply("subscribed", stream=name)
         # Live frames for this group wait while we read: a consumer handles one event at
@@ -208,11 +219,30 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if entries:
             # One message for the whole replay (Turbo applies every <turbo-stream> in it),
             # not one per frame: after a restart every page catches up at once.
+            if name not in self.subscriptions.get(group, {}):
+                return  # revoked (by the refresher) while the history was read
             html = "".join(html for _, html in entries)
             await self._reply("message", stream=name, html=html, offset=entries[-1][0])
-        if name in self.subscriptions.get(group, {}) and since is not None:
+        if name not in self.subscriptions.get(group, {}):
+            return
+        if since is not None:
             self.subscriptions[group][name] = history.parse(current)
         await self._reply("subscribed", stream=name, offset=current)
+
+    async def _join_new(self, group: str) -> str | None:
+        """Join ``group`` unless this socket is subscribed to it; return it if joined."""
+        async with self._membership:
+            if group in self.subscriptions:
+                return None
+            await self._join(group)
+            return group
+
+    async def _leave_unused(self, group: str | None) -> None:
+        """Leave a group ``_join_new`` joined, unless a subscription uses it by now."""
+        if group is not None:
+            async with self._membership:
+                if group not in self.subscriptions:
+                    await self._leave(group)
 
     async def _unsubscribe(self, name: str) -> None:
         for group, names in list(self.subscriptions.items()):

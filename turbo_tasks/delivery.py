@@ -89,8 +89,10 @@ def _plan(jobs: Any, using: str) -> list[Step]:
         step = rows.get((model._meta.label_lower, pk))
         if step is None:
             step = rows[(model._meta.label_lower, pk)] = _RowStep(model, stream_class, pk)
+            step.request = job.get("request")
             steps.append(step)
-        step.request = job.get("request")
+        else:
+            step.request = request_context.merged(step.request, job.get("request"))
         if job["action"] == "delete":
             step.created = None
             step.deleted = job_format.rebuild(model, job["fields"], where, using)

@@ -9,11 +9,13 @@ and is dropped. The trailing task first deletes the key, then pushes the refresh
 change that comes after the delete opens a new window and one that came before it is
 already committed when the page reloads: the last change is never lost.
 
-The key's value is ``"<token>|<request id>|<sender>"``: a request id or sender that
-differs between the refreshes of one window is cleared, so the trailing refresh carries
-``request-id`` (or skips a sender) only when all of them came from that one request.
-A key outlives its window by ``GRACE_SECONDS``: a trailing task that has not run by then
-(a worker lost with it) is presumed lost, and the next refresh opens a new window.
+The key's value is ``"<token>|<request id>|<sender>|<deadline ms>"``: a request id or
+sender that differs between the refreshes of one window is cleared, so the trailing refresh
+carries ``request-id`` (or skips a sender) only when all of them came from that one request.
+A window whose trailing task has not closed it by its deadline (the window plus
+``GRACE_SECONDS``: a worker lost between opening it and scheduling, or a long queue) is
+taken over by the next refresh, which schedules a trailing refresh of its own. Works on
+Redis 5 and later.
 """
 
 from __future__ import annotations
@@ -28,22 +30,35 @@ from turbo_tasks.publish import TASK_NAME, readable_args
 
 logger = logging.getLogger(__name__)
 
-GRACE_SECONDS = 10
+GRACE_SECONDS = 5
+# The key outlives its deadline by this much, only to be collected eventually.
+KEEP_SECONDS = 60
 
-# KEYS[1]: the window key. ARGV: token, request id, sender ("" for none), ttl in ms.
-# Returns 1 when this call opened the window (the caller schedules the trailing refresh).
+# KEYS[1]: the window key. ARGV: token, request id, sender ("" for none), window + grace in
+# ms, ttl in ms. Returns 1 when this call opened the window (the caller schedules the
+# trailing refresh).
 _OPEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local current = redis.call('GET', KEYS[1])
-if not current then
-  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[4])
-  return 1
+if current then
+  local token, rid, sender, deadline =
+    string.match(current, '^([^|]*)|([^|]*)|([^|]*)|(%d+)$')
+  if token and now <= tonumber(deadline) then
+    if rid ~= ARGV[2] then rid = '' end
+    if sender ~= ARGV[3] then sender = '' end
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then
+      redis.call('SET', KEYS[1], token .. '|' .. rid .. '|' .. sender .. '|' .. deadline,
+                 'PX', ttl)
+    end
+    return 0
+  end
 end
-local token, rid, sender = string.match(current, '^([^|]*)|([^|]*)|([^|]*)$')
-if token == nil then return 0 end
-if rid ~= ARGV[2] then rid = '' end
-if sender ~= ARGV[3] then sender = '' end
-redis.call('SET', KEYS[1], token .. '|' .. rid .. '|' .. sender, 'KEEPTTL')
-return 0
+redis.call('SET', KEYS[1],
+           ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. (now + tonumber(ARGV[4])),
+           'PX', ARGV[5])
+return 1
 """
 
 # KEYS[1]: the window key. ARGV[1]: the trailing task's token. Closes the window if it is
@@ -51,7 +66,7 @@ return 0
 _CLOSE = """
 local current = redis.call('GET', KEYS[1])
 if not current then return {'', ''} end
-local token, rid, sender = string.match(current, '^([^|]*)|([^|]*)|([^|]*)$')
+local token, rid, sender = string.match(current, '^([^|]*)|([^|]*)|([^|]*)|')
 if token ~= ARGV[1] then return {'', ''} end
 redis.call('DEL', KEYS[1])
 return {rid, sender}
@@ -70,10 +85,17 @@ async def open_window(layer: Any, group: str, request_id: str | None, sender: st
     """Note a refresh of ``group``; return the token of the window it opened (the caller
     must schedule the trailing refresh with it), or "" when a window was open already."""
     token = secrets.token_hex(8)
-    ttl = int((conf.get("REFRESH_DEBOUNCE_SECONDS") + GRACE_SECONDS) * 1000)
+    deadline = int((conf.get("REFRESH_DEBOUNCE_SECONDS") + GRACE_SECONDS) * 1000)
     connection = _compat.group_connection(layer, group)
     opened = await connection.eval(
-        _OPEN, 1, _key(layer, group), token, request_id or "", sender or "", ttl
+        _OPEN,
+        1,
+        _key(layer, group),
+        token,
+        request_id or "",
+        sender or "",
+        deadline,
+        deadline + KEEP_SECONDS * 1000,
     )
     return token if opened else ""
 

@@ -40,11 +40,14 @@ KEYS = ("language", "time_zone", "sender", "request_id")
 # ids Turbo's UUIDs. Anything else is ignored, so junk never travels in jobs.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LANGUAGE = re.compile(r"[A-Za-z]{1,8}(?:[-_@][A-Za-z0-9]{1,8})*")
+_TIME_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+){0,2}")
 
 # The sender and request id of the request being handled (set by the middleware), or of the
 # job being run (set by the worker).
 _NONE: Mapping[str, str] = MappingProxyType({})
 _origin: ContextVar[Mapping[str, str]] = ContextVar("turbo_tasks_origin", default=_NONE)
+# True while a worker runs a job's hooks or renders its frames (activated()).
+_in_job: ContextVar[bool] = ContextVar("turbo_tasks_in_job", default=False)
 
 
 def token(value: Any) -> str | None:
@@ -73,9 +76,14 @@ def origin(sender: str | None, request_id: str | None) -> Iterator[None]:
         _origin.reset(reset)
 
 
-def capture() -> dict[str, str]:
-    """The ``request`` object of a job recorded now (empty when all is default)."""
-    found = dict(_origin.get())
+def capture(*, for_job: bool = False) -> dict[str, str]:
+    """The request context now, as a job's ``request`` object (empty when all is default).
+
+    ``for_job``: for a job a write records. In a worker, a hook's own writes keep the
+    language and time zone of the job that ran it, but not its sender or request id: that
+    page did not make these changes, and must neither be spared them nor ignore their
+    refresh."""
+    found = {} if for_job and _in_job.get() else dict(_origin.get())
     # Each lookup costs ~3 µs (asgiref Locals) on the write path: only when it can matter.
     if settings.USE_I18N:
         language = translation.get_language()
@@ -99,14 +107,16 @@ def problem(request: Any) -> str | None:
         if not isinstance(value, str):
             return f"{key!r} must be a string"
     language = request.get("language")
-    if language is not None and not _LANGUAGE.fullmatch(language):
-        return f"'language' {language!r} is not a language code"
+    if language is not None and not (len(language) <= 32 and _LANGUAGE.fullmatch(language)):
+        return f"'language' {language[:40]!r} is not a language code"
     name = request.get("time_zone")
     if name is not None:
         try:
-            zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            return f"'time_zone' {name!r} is not a known time zone"
+            known = len(name) <= 64 and _TIME_ZONE.fullmatch(name) and zoneinfo.ZoneInfo(name)
+        except Exception:  # ZoneInfoNotFoundError, ValueError, RecursionError on odd paths
+            known = False
+        if not known:
+            return f"'time_zone' {name[:70]!r} is not a known time zone"
     for key in ("sender", "request_id"):
         if key in request and token(request[key]) is None:
             return f"{key!r} {request[key]!r} is not a valid id"
@@ -119,9 +129,35 @@ def activated(request: Mapping[str, str] | None) -> Iterator[None]:
     worker's defaults for what the job does not carry). ``request`` was checked with
     :func:`problem`."""
     request = request or {}
-    with (
-        translation.override(request.get("language", settings.LANGUAGE_CODE)),
-        timezone.override(request.get("time_zone")),  # None: the default time zone
-        origin(request.get("sender"), request.get("request_id")),
-    ):
-        yield
+    in_job = _in_job.set(True)
+    try:
+        with (
+            translation.override(_supported(request.get("language"))),
+            timezone.override(request.get("time_zone")),  # None: the default time zone
+            origin(request.get("sender"), request.get("request_id")),
+        ):
+            yield
+    finally:
+        _in_job.reset(in_job)
+
+
+def _supported(language: str | None) -> str:
+    """``language``, or its variant the project supports (settings.LANGUAGES), else the
+    default: activating arbitrary codes would grow Django's translation cache for good."""
+    if language is None or not settings.USE_I18N:
+        return str(settings.LANGUAGE_CODE)
+    try:
+        return translation.get_supported_language_variant(language)
+    except LookupError:
+        return str(settings.LANGUAGE_CODE)
+
+
+def merged(earlier: Mapping[str, str] | None, later: Mapping[str, str] | None) -> dict[str, str]:
+    """The request of two jobs of one row merged into one hook call: the later job's
+    language and time zone; a sender or request id only if both jobs had the same."""
+    earlier, later = earlier or {}, later or {}
+    result = {k: v for k, v in later.items() if k in ("language", "time_zone")}
+    for key in ("sender", "request_id"):
+        if key in later and later.get(key) == earlier.get(key):
+            result[key] = later[key]
+    return result

@@ -220,7 +220,7 @@ def enqueue_all(
     ``suppressible``. Each job records the request context (turbo_tasks.request_context)."""
     if not jobs or (suppressible and suppressed()):
         return
-    request = request_context.capture()
+    request = request_context.capture(for_job=True)
     if request:
         for job in jobs:
             job["request"] = request

@@ -126,10 +126,12 @@ export class StreamConnection {
     // The page was reloaded after a reset and rendered this stream again (within the same
     // second its signed name is the same): start over from the new render's offset.
     if (sub.state === "reset" && since && since !== sub.resetSince) this.rebase(name, since);
-    // Rendered again after a revocation: ask again (the server checks the user anew).
+    // Rendered again after a revocation: ask again (the server checks the user anew),
+    // from the new render's offset; the old one stopped at the revocation.
     if (sub.state === "revoked" && sub.listeners.size === 1) {
       sub.state = null;
       sub.sent = false;
+      if (since) sub.progress.rebase(since);
     }
     if (this.isOpen && !sub.sent) this._subscribe(name, sub);
     // A late joiner must learn the current status; the server will not repeat it.
