@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.test import Client, override_settings
 
 import turbo_tasks as turbo
@@ -81,6 +82,27 @@ def test_a_resubscribe_on_an_open_socket_sees_a_demotion(ws_client):
     assert client.subscribe(name)["reason"] == "forbidden"  # deactivated: anonymous
 
 
+@pytest.mark.usefixtures("celery_worker_process")
+def test_a_logout_elsewhere_or_a_password_change_revokes(ws_client):
+    # What the user's next request would see: their session as stored now.
+    ann, bob = User.objects.create_user("ann"), User.objects.create_user("bob")
+    room = Room.objects.create(name="p", private=True)
+    room.members.add(ann, bob)
+    cookies = {u.username: session_cookie(u) for u in (ann, bob)}
+    clients = {name: ws_client(cookie=cookie) for name, cookie in cookies.items()}
+    name = room.stream.signed_name
+    for client in clients.values():
+        assert client.subscribe(name)["type"] == "subscribed"
+    Session.objects.filter(pk=cookies["ann"].removeprefix("sessionid=")).delete()  # logout
+    bob.set_password("new secret")  # every other session of bob's is now invalid
+    bob.save()
+    room.stream.recheck()
+    for client in clients.values():
+        assert client.wait(lambda f: f["type"] == "revoked")["stream"] == name
+    # Neither session left it in the store: a check reads, never writes.
+    assert Session.objects.filter(pk=cookies["bob"].removeprefix("sessionid=")).exists()
+
+
 @pytest.mark.asyncio
 async def test_the_periodic_group_refresh_rechecks_every_subscription():
     # Consumer logic only: the in-memory layer and a scope user set by hand.
@@ -118,8 +140,8 @@ async def test_a_recheck_sent_while_a_subscribe_is_being_checked_reaches_it(monk
     checking, release = asyncio.Event(), asyncio.Event()
     real_authorize = consumers._authorize
 
-    async def slow_authorize(name, user):  # type: ignore[no-untyped-def]
-        answer = await real_authorize(name, user)  # reads is_staff=True
+    async def slow_authorize(name, scope):  # type: ignore[no-untyped-def]
+        answer = await real_authorize(name, scope)  # reads is_staff=True
         checking.set()
         await release.wait()
         return answer

@@ -7,10 +7,12 @@ import json
 import logging
 import secrets
 import weakref
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 
 from turbo_tasks import _compat, conf, history, signing
@@ -128,7 +130,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         names = [name for group in groups for name in self.subscriptions.get(group, {})]
         if not names:
             return
-        allowed = await _authorize_all(names, self.scope.get("user") or AnonymousUser())
+        allowed = await _authorize_all(names, self.scope)
         for group in groups:
             for name in list(self.subscriptions.get(group, {})):
                 if allowed.get(name, True):
@@ -180,7 +182,6 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         await self._subscribe(name, since)
 
     async def _subscribe(self, name: str, since: str | None) -> None:
-        user = self.scope.get("user") or AnonymousUser()
         try:
             # The signature first (no thread, no database): a forged name costs nothing.
             group = signing.group_name(signing.unsign(name))
@@ -196,7 +197,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # wait while this subscribe runs and go only to names in self.subscriptions.
         joined = await self._join_new(group)
         try:
-            resolved, allowed = await _authorize(name, user)
+            resolved, allowed = await _authorize(name, self.scope)
         except StreamRejected as exc:
             await self._leave_unused(joined)
             return await self._reply("rejected", stream=name, reason=exc.reason)
@@ -321,22 +322,22 @@ def _fit_layer(alias: str) -> None:
 
 
 @database_sync_to_async
-def _authorize(name: str, user: Any) -> tuple[str, bool]:
+def _authorize(name: str, scope: Any) -> tuple[str, bool]:
     """Resolve a signed name to its group and run the stream's permission check, for the
-    user as the database has it now (a re-subscribe sees a demotion).
+    socket's user as the database has it now (a re-subscribe sees a demotion or a logout).
 
     In a thread: a stream's constructor and ``user_passes_test`` are user code that may
     query the database. Any failure to resolve the name is ``unknown_stream`` for that
     stream alone; a crashing check refuses, and neither touches the socket.
     """
-    return _check(name, _reloaded(user))
+    return _check(name, _current_user(scope))
 
 
 @database_sync_to_async
-def _authorize_all(names: list[str], user: Any) -> dict[str, bool]:
-    """Whether ``user`` (reloaded once) still passes each stream's check; a name that no
-    longer resolves does not."""
-    user = _reloaded(user)
+def _authorize_all(names: list[str], scope: Any) -> dict[str, bool]:
+    """Whether the socket's user (looked up once) still passes each stream's check; a name
+    that no longer resolves does not."""
+    user = _current_user(scope)
     allowed = {}
     for name in names:
         try:
@@ -346,16 +347,51 @@ def _authorize_all(names: list[str], user: Any) -> dict[str, bool]:
     return allowed
 
 
-def _reloaded(user: Any) -> Any:
-    """The socket's user as the database has it now: the scope's user object was loaded
-    when the socket connected. A user deleted or deactivated since is anonymous (as
-    Django's ModelBackend would make them on their next request)."""
+def _current_user(scope: Any) -> Any:
+    """The socket's user as their next request would see it (the scope's user object was
+    loaded when the socket connected).
+
+    With a session (channels' AuthMiddlewareStack): the session as stored now, through the
+    auth backend, as ``django.contrib.auth.get_user`` does: a logout elsewhere, a password
+    change (the session's auth hash), a deleted or (with ModelBackend) deactivated user
+    make it anonymous. Without one: the user's row reloaded; deleted or inactive is
+    anonymous.
+    """
+    user: Any = scope.get("user") or AnonymousUser()
     if not getattr(user, "is_authenticated", False):
         return user
+    session = scope.get("session")
+    key = getattr(session, "session_key", None) if session is not None else None
+    if key:
+        stored = _StoredSession(session.__class__(key))
+        return auth.get_user(SimpleNamespace(session=stored))  # type: ignore[arg-type]
     fresh = user.__class__._default_manager.filter(pk=user.pk).first()
     if fresh is None or not getattr(fresh, "is_active", True):
         return AnonymousUser()
     return fresh
+
+
+class _StoredSession:
+    """A session read from its store, for ``auth.get_user``: read-only (get_user flushes or
+    cycles sessions that fail or need rehashing; a websocket check must not write them)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def cycle_key(self) -> None:
+        pass
 
 
 def _check(name: str, user: Any) -> tuple[str, bool]:
