@@ -19,7 +19,7 @@ from turbo_tasks.exceptions import InvalidJob
 from turbo_tasks.rendering import turbo_stream
 
 MIDNIGHT_UTC = datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
-SOCKET = "bq3nJ2Qe6m1xZk0lVb8r4w"
+SOCKET = request_context.new_socket_id(None)  # an anonymous user's socket
 REQUEST_ID = "6f1c2d9e-0b7a-4c1e-9a55-3e8f0d2b7c41"
 
 
@@ -65,6 +65,28 @@ def test_middleware_makes_the_headers_the_requests_sender_and_request_id(broker)
     assert first["request"] == {"sender": SOCKET, "request_id": REQUEST_ID}
     assert "request" not in second
     assert request_context.sender() is None  # nothing leaks past the request
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_may_name_only_a_socket_of_its_own_user(broker):
+    from django.contrib.auth.models import User
+
+    room = Room.objects.create(name="r")
+    ann, bob = User.objects.create_user("ann"), User.objects.create_user("bob")
+    client = Client()
+    client.force_login(ann)
+    sockets = [request_context.new_socket_id(ann.pk), request_context.new_socket_id(bob.pk)]
+    for socket in [*sockets, SOCKET]:
+        client.post(
+            f"/rooms/{room.pk}/notices/",
+            {"at": "2026-01-01T00:00:00Z"},
+            headers={"X-Turbo-Tasks-Socket": socket},
+        )
+    # Ann's own socket counts; Bob's (stolen) and an anonymous one are ignored.
+    assert [job.get("request") for job in broker.jobs()] == [{"sender": sockets[0]}, None, None]
+    assert request_context.socket_of(sockets[1], bob.pk) == sockets[1]
+    forged = sockets[1][:-1] + ("1" if sockets[1].endswith("0") else "0")
+    assert request_context.socket_of(forged, bob.pk) is None
 
 
 @pytest.mark.django_db

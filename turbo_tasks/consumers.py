@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import weakref
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from channels.layers import get_channel_layer
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 
-from turbo_tasks import _compat, conf, history, signing
+from turbo_tasks import _compat, conf, history, request_context, signing
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.registry import resolve_signed_name
 
@@ -102,9 +101,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # interleaved with the refresher (which runs beside the receive loop).
         self._membership = asyncio.Lock()
         self._refresher = asyncio.create_task(self._refresh_groups())
-        # Unguessable: a request carrying it (X-Turbo-Tasks-Socket) keeps frames sent with
-        # exclude_sender from this socket, so only this page may know it.
-        self.socket_id = secrets.token_urlsafe(16)
+        # Unguessable, and bound to this socket's user: only that user's requests carrying
+        # it (X-Turbo-Tasks-Socket) keep frames sent with exclude_sender from this socket.
+        user = self.scope.get("user")
+        user_pk = user.pk if getattr(user, "is_authenticated", False) else None
+        self.socket_id = request_context.new_socket_id(user_pk)
         await super().connect()
         await self._reply("hello", socket_id=self.socket_id)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -31,6 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone, translation
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 SOCKET_HEADER = "X-Turbo-Tasks-Socket"
 REQUEST_ID_HEADER = "X-Turbo-Request-Id"
@@ -48,6 +50,30 @@ _NONE: Mapping[str, str] = MappingProxyType({})
 _origin: ContextVar[Mapping[str, str]] = ContextVar("turbo_tasks_origin", default=_NONE)
 # True while a worker runs a job's hooks or renders its frames (activated()).
 _in_job: ContextVar[bool] = ContextVar("turbo_tasks_in_job", default=False)
+
+
+# A socket id: 22 random URL-safe characters, then 16 hex characters of an HMAC binding
+# them to the socket's user, so a request may name only a socket of its own user.
+_SOCKET_SALT = "turbo_tasks.socket"
+
+
+def new_socket_id(user_pk: Any) -> str:
+    """A fresh id for a socket of the user with ``user_pk`` (None: anonymous)."""
+    nonce = secrets.token_urlsafe(16)
+    return nonce + _socket_mac(nonce, user_pk)
+
+
+def socket_of(value: Any, user_pk: Any) -> str | None:
+    """``value`` if it is the id of a socket of the user with ``user_pk``, else None."""
+    if token(value) is None or len(value) != 38:
+        return None
+    nonce, mac = value[:22], value[22:]
+    return value if constant_time_compare(mac, _socket_mac(nonce, user_pk)) else None
+
+
+def _socket_mac(nonce: str, user_pk: Any) -> str:
+    user = "" if user_pk is None else str(user_pk)
+    return salted_hmac(_SOCKET_SALT, f"{nonce}|{user}", algorithm="sha256").hexdigest()[:16]
 
 
 def token(value: Any) -> str | None:
