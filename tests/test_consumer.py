@@ -719,3 +719,62 @@ def test_idle_socket_survives_the_channels_docs_configuration(redis_server, room
     finally:
         server.stop()
     assert "had no socket_timeout" in server.log()
+
+
+REDIS_LAYERS = settings.CHANNEL_LAYERS  # tests.settings' channels_redis layer
+
+
+@pytest.mark.asyncio
+async def test_subscribes_at_once_stay_within_the_redis_pool(redis_server, rooms):
+    # After a server restart every page subscribes at once. Group changes and history
+    # reads share one bound (MAX_CONCURRENT_GROUP_CHANGES) below redis-py's pool of 100:
+    # beyond it the pool raises MaxConnectionsError and the socket dies (F4 lost 118 of
+    # 1,000 sockets so when the history reads were left unbounded).
+    from turbo_tasks import consumers, history
+
+    in_flight, peak = 0, 0
+
+    def counted(call):  # type: ignore[no-untyped-def]
+        async def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                await asyncio.sleep(0.02)  # a slow Redis: calls overlap
+                return await call(*args, **kwargs)
+            finally:
+                in_flight -= 1
+
+        return run
+
+    with override_settings(CHANNEL_LAYERS=REDIS_LAYERS):
+        layer = get_channel_layer()
+        name = rooms[0].stream.signed_name
+        since = (
+            await asyncio.to_thread(history.current_offsets, layer, [rooms[0].stream.group_name])
+        )[rooms[0].stream.group_name]
+        with (
+            mock.patch.object(layer, "group_add", counted(layer.group_add)),
+            mock.patch.object(history, "read", counted(history.read)),
+        ):
+            sockets = [
+                WebsocketCommunicator(TurboStreamsConsumer.as_asgi(), "/ws/turbo/")
+                for _ in range(80)
+            ]
+            for ws in sockets:
+                ws.scope["user"] = AnonymousUser()
+            try:
+                await asyncio.gather(*(ws.connect(timeout=TIMEOUT) for ws in sockets))
+                for ws in sockets:
+                    assert (await receive(ws))["type"] == "hello"
+                await asyncio.gather(
+                    *(
+                        ws.send_json_to({"type": "subscribe", "stream": name, "since": since})
+                        for ws in sockets
+                    )
+                )
+                answers = await asyncio.gather(*(receive(ws) for ws in sockets))
+            finally:
+                await asyncio.gather(*(ws.disconnect(timeout=TIMEOUT) for ws in sockets))
+    assert [a["type"] for a in answers] == ["subscribed"] * 80
+    assert 1 < peak <= consumers.MAX_CONCURRENT_GROUP_CHANGES

@@ -28,9 +28,9 @@ else:
 
 logger = logging.getLogger(__name__)
 
-# Group changes in flight per process. redis-py's async pool (channels_redis) holds 100
-# connections and raises MaxConnectionsError beyond that, which would kill the socket: a
-# server restart makes every page reconnect and subscribe at once.
+# Group changes and history reads in flight per process. redis-py's async pool
+# (channels_redis) holds 100 connections and raises MaxConnectionsError beyond that, which
+# would kill the socket: a server restart makes every page reconnect and subscribe at once.
 MAX_CONCURRENT_GROUP_CHANGES = 50
 _group_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
@@ -215,7 +215,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Live frames for this group wait while we read: a consumer handles one event at
         # a time, so none can slip past the mark.
         wanted = history.parse(since)
-        status, current, entries = await history.read(self.channel_layer, group, wanted)
+        async with _group_slot():  # with the group changes: one bound on the Redis pool
+            status, current, entries = await history.read(self.channel_layer, group, wanted)
         if since is not None and (wanted is None or status == "reset"):
             await self._reply("reset", stream=name)
         if entries:
