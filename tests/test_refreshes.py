@@ -4,6 +4,7 @@ change (trailing edge), with two worker processes on the same channel layer."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from turbo_tasks import layers, refreshes, request_context
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WINDOW = 3  # seconds: long enough for a loaded machine to run every job inside it
+WINDOW = 5  # seconds: long enough for a loaded machine to run every job inside it
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ def test_refreshes_from_two_workers_become_one_after_the_last(
     room = Room.objects.create(name="lobby")
     client = ws_client()
     client.subscribe(room.stream.signed_name)
+    started = time.monotonic()
     for i in range(10):  # ten transactions, alternately published to each worker's queue
         request_id = "req-1" if same_request else f"req-{i}"
         with (
@@ -60,8 +62,9 @@ def test_refreshes_from_two_workers_become_one_after_the_last(
             request_context.origin(None, request_id),
         ):
             room.stream.refresh(debounce=True)
-    last_commit = len(client.frames)
     client.wait(lambda f: 'action="refresh"' in f.get("html", ""), 30 + WINDOW)
+    # Trailing edge: sent a window after the first refresh, not at once (load only delays).
+    assert time.monotonic() - started >= WINDOW * 0.9
     wait_for(lambda: drained(redis_client, two_workers), 30, "both workers to finish")
     # A marker frame: everything sent before it has arrived.
     with override_settings(TURBO_TASKS={"QUEUE": two_workers[0]}):
@@ -69,7 +72,6 @@ def test_refreshes_from_two_workers_become_one_after_the_last(
     client.wait(lambda f: "marker" in f.get("html", ""))
     frames = refresh_frames(client)
     assert len(frames) == 1, frames
-    assert client.frames.index(frames[0]) >= last_commit  # sent after the last change
     # request-id only when every refresh in the window came from the same request.
     expected = ' request-id="req-1"' if same_request else ""
     assert frames[0]["html"] == f'<turbo-stream action="refresh"{expected}></turbo-stream>'
