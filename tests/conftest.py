@@ -57,8 +57,13 @@ def redis_client(redis_server: str) -> redis.Redis:
     return redis.Redis.from_url(redis_server)
 
 
+# The processes below use the test database: they depend on django_db_setup, so they start
+# after it is created and stop (closing their connections) before it is dropped. PostgreSQL
+# refuses to drop a database a worker that reuses its connection is still connected to.
+
+
 @pytest.fixture(scope="session")
-def celery_worker_process(redis_server: str) -> Iterator[Process]:
+def celery_worker_process(redis_server: str, django_db_setup: None) -> Iterator[Process]:
     """A real worker consuming the broadcast queue: ``celery -A worker worker -Q turbo_tasks``."""
     worker = start_worker(f"test-{os.getpid()}")
     yield worker
@@ -66,7 +71,7 @@ def celery_worker_process(redis_server: str) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="session")
-def asgi_server(redis_server: str) -> Iterator[str]:
+def asgi_server(redis_server: str, django_db_setup: None) -> Iterator[str]:
     """The test ASGI app under uvicorn; yields its ws:// base URL."""
     server, port = start_asgi("asgi", extra=("--ws", "websockets"))
     yield f"ws://127.0.0.1:{port}"

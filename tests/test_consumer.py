@@ -15,12 +15,13 @@ from unittest import mock
 import pytest
 import redis
 import redis.exceptions
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core import signing
+from django.db import connections
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
 
@@ -776,5 +777,6 @@ async def test_subscribes_at_once_stay_within_the_redis_pool(redis_server, rooms
                 answers = await asyncio.gather(*(receive(ws) for ws in sockets))
             finally:
                 await asyncio.gather(*(ws.disconnect(timeout=TIMEOUT) for ws in sockets))
+                await sync_to_async(connections.close_all)()  # the checks' thread
     assert [a["type"] for a in answers] == ["subscribed"] * 80
     assert 1 < peak <= consumers.MAX_CONCURRENT_GROUP_CHANGES

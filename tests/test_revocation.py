@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
+from django.db import connections
 from django.test import Client, override_settings
 
 import turbo_tasks as turbo
@@ -18,6 +20,14 @@ from tests.testapp.streams import StaffStream
 from turbo_tasks.consumers import TurboStreamsConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest_asyncio.fixture
+async def sync_thread_closes_its_connections():
+    """Async tests query through sync_to_async's one thread: close what it opened, or
+    PostgreSQL refuses to drop the test database at the end of the session."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def session_cookie(user: User) -> str:
@@ -104,6 +114,7 @@ def test_a_logout_elsewhere_or_a_password_change_revokes(ws_client):
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("sync_thread_closes_its_connections")
 async def test_the_periodic_group_refresh_rechecks_every_subscription():
     # Consumer logic only: the in-memory layer and a scope user set by hand.
     user = await sync_to_async(User.objects.create_user)("ann", is_staff=True)
@@ -129,6 +140,7 @@ async def test_the_periodic_group_refresh_rechecks_every_subscription():
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("sync_thread_closes_its_connections")
 async def test_a_recheck_sent_while_a_subscribe_is_being_checked_reaches_it(monkeypatch):
     # The socket joins the group before the permission check reads the database: a
     # revocation committed after that read is followed by a recheck this socket receives.
