@@ -152,8 +152,8 @@ async def test_a_recheck_sent_while_a_subscribe_is_being_checked_reaches_it(monk
     checking, release = asyncio.Event(), asyncio.Event()
     real_authorize = consumers._authorize
 
-    async def slow_authorize(name, scope):  # type: ignore[no-untyped-def]
-        answer = await real_authorize(name, scope)  # reads is_staff=True
+    async def slow_authorize(ref, scope):  # type: ignore[no-untyped-def]
+        answer = await real_authorize(ref, scope)  # reads is_staff=True
         checking.set()
         await release.wait()
         return answer

@@ -16,7 +16,8 @@ from django.contrib.auth.models import AnonymousUser
 
 from turbo_tasks import _compat, conf, history, request_context, signing
 from turbo_tasks.exceptions import StreamRejected
-from turbo_tasks.registry import resolve_signed_name
+from turbo_tasks.jobs import StreamRef
+from turbo_tasks.registry import resolve_ref
 
 if TYPE_CHECKING:
     # channels has no type hints; its database_sync_to_async is a SyncToAsync subclass with
@@ -134,17 +135,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         allowed = await _authorize_all(names, self.scope)
         for group in groups:
             for name in list(self.subscriptions.get(group, {})):
-                if allowed.get(name, True):
-                    continue
-                async with self._membership:
-                    names_left = self.subscriptions.get(group)
-                    if names_left is None or name not in names_left:
-                        continue  # unsubscribed meanwhile
-                    del names_left[name]
-                    if not names_left:
-                        del self.subscriptions[group]
-                        await self._leave(group)
-                await self._reply("revoked", stream=name)
+                # _drop is False for a name unsubscribed meanwhile: nothing to revoke.
+                if not allowed.get(name, True) and await self._drop(group, name):
+                    await self._reply("revoked", stream=name)
 
     async def turbo_recheck(self, event: dict[str, Any]) -> None:
         """``stream.recheck()``: a worker asks this group's sockets to check again."""
@@ -185,9 +178,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def _subscribe(self, name: str, since: str | None) -> None:
         try:
             # The signature first (no thread, no database): a forged name costs nothing.
-            group = signing.group_name(signing.unsign(name))
+            ref = signing.unsign(name)
         except StreamRejected as exc:
             return await self._reply("rejected", stream=name, reason=exc.reason)
+        group = signing.group_name(ref)
         limit = conf.get("MAX_SUBSCRIPTIONS_PER_SOCKET")
         if group not in self.subscriptions and len(self.subscriptions) >= limit:
             return await self._reply("rejected", stream=name, reason="too_many_subscriptions")
@@ -198,7 +192,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # wait while this subscribe runs and go only to names in self.subscriptions.
         joined = await self._join_new(group)
         try:
-            resolved, allowed = await _authorize(name, self.scope)
+            resolved, allowed = await _authorize(ref, self.scope)
         except StreamRejected as exc:
             await self._leave_unused(joined)
             return await self._reply("rejected", stream=name, reason=exc.reason)
@@ -250,11 +244,20 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def _unsubscribe(self, name: str) -> None:
         for group, names in list(self.subscriptions.items()):
             if name in names:
-                del names[name]
-                if not names:
-                    async with self._membership:
-                        del self.subscriptions[group]
-                        await self._leave(group)
+                await self._drop(group, name)
+
+    async def _drop(self, group: str, name: str) -> bool:
+        """End the subscription ``name`` holds in ``group`` (leaving the group with its last
+        one); False when there was none."""
+        async with self._membership:
+            names = self.subscriptions.get(group)
+            if names is None or name not in names:
+                return False
+            del names[name]
+            if not names:
+                del self.subscriptions[group]
+                await self._leave(group)
+            return True
 
     async def _join(self, group: str) -> None:
         async with _group_slot():
@@ -324,15 +327,15 @@ def _fit_layer(alias: str) -> None:
 
 
 @database_sync_to_async
-def _authorize(name: str, scope: Any) -> tuple[str, bool]:
-    """Resolve a signed name to its group and run the stream's permission check, for the
+def _authorize(ref: StreamRef, scope: Any) -> tuple[str, bool]:
+    """Rebuild a verified name's stream, and run its permission check, for the
     socket's user as the database has it now (a re-subscribe sees a demotion or a logout).
 
     In a thread: a stream's constructor and ``user_passes_test`` are user code that may
     query the database. Any failure to resolve the name is ``unknown_stream`` for that
     stream alone; a crashing check refuses, and neither touches the socket.
     """
-    return _check(name, _current_user(scope))
+    return _check(ref, _current_user(scope))
 
 
 @database_sync_to_async
@@ -343,8 +346,8 @@ def _authorize_all(names: list[str], scope: Any) -> dict[str, bool]:
     allowed = {}
     for name in names:
         try:
-            allowed[name] = _check(name, user)[1]
-        except StreamRejected:
+            allowed[name] = _check(signing.unsign(name), user)[1]
+        except StreamRejected:  # e.g. expired since (SIGNED_NAME_MAX_AGE)
             allowed[name] = False
     return allowed
 
@@ -396,9 +399,9 @@ class _StoredSession:
         pass
 
 
-def _check(name: str, user: Any) -> tuple[str, bool]:
+def _check(ref: StreamRef, user: Any) -> tuple[str, bool]:
     try:
-        stream = resolve_signed_name(name)
+        stream = resolve_ref(ref)
         group = stream.group_name
     except StreamRejected:
         raise

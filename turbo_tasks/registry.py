@@ -145,7 +145,12 @@ def resolve_signed_name(signed_name: str) -> Stream:
     The stream's constructor is user code and may touch the database: call this from
     synchronous code (the consumer runs it in a thread).
     """
-    ref = signing.unsign(signed_name)
+    return resolve_ref(signing.unsign(signed_name))
+
+
+def resolve_ref(ref: StreamRef) -> Stream:
+    """Rebuild the stream of a verified signed name's ``ref``; StreamRejected
+    ("unknown_stream") when no registered stream takes it."""
     try:
         return stream_from_ref(ref)
     except (LookupError, TypeError, ValueError, ValidationError):
