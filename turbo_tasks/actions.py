@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from turbo_tasks.rendering import Context, Target
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Unpack
 
 Morph = Literal["morph"] | None
@@ -30,20 +31,8 @@ class Options(Target, total=False):
 class Actions:
     """The actions of turbo_tasks.streams.Stream."""
 
-    def _send(
-        self,
-        action: str,
-        template: str | None,
-        context: Context,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
-        method: str | None = None,
-        exclude_sender: bool | None = None,
-        debounce: bool = False,
-    ) -> None:
-        raise NotImplementedError
+    # Stream._send: checks the arguments, then collects or defers the frame.
+    _send: Callable[..., None]
 
     # -- actions (markup in the class docstring) ---------------------------------------
 

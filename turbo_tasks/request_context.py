@@ -37,7 +37,9 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 SOCKET_HEADER = "X-Turbo-Tasks-Socket"
 REQUEST_ID_HEADER = "X-Turbo-Request-Id"
 
-KEYS = ("language", "time_zone", "sender", "request_id")
+LOCALE_KEYS = ("language", "time_zone")  # restored with translation/timezone.override
+ORIGIN_KEYS = ("sender", "request_id")  # which page and which Turbo request
+KEYS = LOCALE_KEYS + ORIGIN_KEYS
 # What a header may hold to be taken at all: socket ids are ours (URL-safe base64), request
 # ids Turbo's UUIDs. Anything else is ignored, so junk never travels in jobs.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -79,16 +81,6 @@ def _socket_mac(nonce: str, user_pk: Any) -> str:
 def token(value: Any) -> str | None:
     """``value`` if it is a well-formed socket or request id, else None."""
     return value if isinstance(value, str) and _TOKEN.fullmatch(value) else None
-
-
-def sender() -> str | None:
-    """The socket id the current request (or job) came from, if any."""
-    return _origin.get().get("sender")
-
-
-def request_id() -> str | None:
-    """Turbo's ``X-Turbo-Request-Id`` of the current request (or job), if any."""
-    return _origin.get().get("request_id")
 
 
 @contextlib.contextmanager
@@ -143,7 +135,7 @@ def problem(request: Any) -> str | None:
             known = False
         if not known:
             return f"'time_zone' {name[:70]!r} is not a known time zone"
-    for key in ("sender", "request_id"):
+    for key in ORIGIN_KEYS:
         if key in request and token(request[key]) is None:
             return f"{key!r} {request[key]!r} is not a valid id"
     return None
@@ -182,8 +174,8 @@ def merged(earlier: Mapping[str, str] | None, later: Mapping[str, str] | None) -
     """The request of two jobs of one row merged into one hook call: the later job's
     language and time zone; a sender or request id only if both jobs had the same."""
     earlier, later = earlier or {}, later or {}
-    result = {k: v for k, v in later.items() if k in ("language", "time_zone")}
-    for key in ("sender", "request_id"):
+    result = {k: v for k, v in later.items() if k in LOCALE_KEYS}
+    for key in ORIGIN_KEYS:
         if key in later and later.get(key) == earlier.get(key):
             result[key] = later[key]
     return result
