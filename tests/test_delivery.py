@@ -480,6 +480,24 @@ def test_on_save_without_kwargs_still_runs(room, monkeypatch):
 # -- deleted rows whose foreign key points at a deleted parent (issue 12) --------------------
 
 
+def render_recording_rooms(jobs_, *, run_hook=False):
+    """``delivery.render(jobs_)`` with MessageStream.on_delete recording ``(message.room,
+    message.room_id)`` as each hook sees them (then running the real hook if ``run_hook``).
+    Returns the result, the queries render made, and those pairs."""
+    seen = []
+    original = MessageStream.on_delete
+
+    def spy(self, message, *args, **kwargs):
+        seen.append((message.room, message.room_id))
+        if run_hook:
+            original(self, message, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
+        patch.setattr(MessageStream, "on_delete", spy)
+        result = delivery.render(jobs_)
+    return result, q.captured_queries, seen
+
+
 def test_cascade_delete_runs_each_child_hook_with_the_parent_resolved(broker, room):
     messages = [Message.objects.create(room=room, text=t) for t in ("a", "b")]
     broker.client.delete(broker.queue)  # only the cascade's jobs
@@ -492,19 +510,10 @@ def test_cascade_delete_runs_each_child_hook_with_the_parent_resolved(broker, ro
     assert sorted((j["model"], j["pk"]) for j in task["jobs"]) == [
         ("testapp.message", p) for p in sorted(ids)
     ]
-    seen = []
-    original = MessageStream.on_delete
-
-    def spy(self, message, *args, **kwargs):
-        seen.append((message.room.pk, message.room_id))
-        original(self, message, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
-        patch.setattr(MessageStream, "on_delete", spy)
-        result = delivery.render(task["jobs"])
+    result, queries, seen = render_recording_rooms(task["jobs"], run_hook=True)
     assert result.errors == []
-    assert len(q.captured_queries) == 1  # one in_bulk for the (gone) room of both
-    assert seen == [(room_pk, room_pk)] * 2
+    assert len(queries) == 1  # one in_bulk for the (gone) room of both
+    assert [(r.pk, room_id) for r, room_id in seen] == [(room_pk, room_pk)] * 2
     assert [b.html for b in result.broadcasts] == [
         f'<turbo-stream action="remove" target="message-{j["pk"]}"></turbo-stream>'
         for j in task["jobs"]
@@ -518,54 +527,37 @@ def test_cascade_with_the_parent_delete_in_the_task_uses_its_snapshot_without_qu
     task = [delete(m) for m in messages] + [jobs.delete_job(room, ("id", "name", "private"))]
     room_pk = room.pk
     room.delete()
-    seen = []
-
-    def spy(self, message, *args, **kwargs):
-        seen.append(message.room)
-
-    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
-        patch.setattr(MessageStream, "on_delete", spy)
-        result = delivery.render(task)
+    result, queries, seen = render_recording_rooms(task)
+    rooms = [r for r, _ in seen]
     assert result.errors == []
-    assert len(q.captured_queries) == 0
-    assert [(r.pk, r.name) for r in seen] == [(room_pk, "lobby")] * 2
-    assert seen[0] is seen[1]
+    assert len(queries) == 0
+    assert [(r.pk, r.name) for r in rooms] == [(room_pk, "lobby")] * 2
+    assert rooms[0] is rooms[1]
 
 
 def test_deleted_child_of_a_parent_gone_outside_the_task_gets_a_key_only_parent(room):
     messages = [Message.objects.create(room=room, text=t) for t in ("a", "b")]
-    jobs = [delete(m) for m in messages]
     room_pk = room.pk
     room.delete()  # the room's own delete job is in another task
-    seen = []
-
-    def spy(self, message, *args, **kwargs):
-        seen.append(message.room)
-
-    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
-        patch.setattr(MessageStream, "on_delete", spy)
-        result = delivery.render(jobs)
+    result, queries, seen = render_recording_rooms([delete(m) for m in messages])
+    rooms = [r for r, _ in seen]
     assert result.errors == []
-    assert len(q.captured_queries) == 1  # one in_bulk for both messages' room
-    assert [(r.pk, r._state.db, r._state.adding) for r in seen] == [(room_pk, "default", False)] * 2
-    assert seen[0].stream.group_name == Room(pk=room_pk).stream.group_name
+    assert len(queries) == 1  # one in_bulk for both messages' room
+    assert [(r.pk, r._state.db, r._state.adding) for r in rooms] == [
+        (room_pk, "default", False)
+    ] * 2
+    assert rooms[0].stream.group_name == Room(pk=room_pk).stream.group_name
     with pytest.raises(Room.DoesNotExist):  # its other fields are unknown, not made up
-        seen[0].name  # noqa: B018
+        rooms[0].name  # noqa: B018
 
 
 def test_deleted_child_of_a_surviving_parent_gets_the_real_parent(room):
     messages = [Message.objects.create(room=room, text=t) for t in ("a", "b", "c")]
-    jobs = [delete(m) for m in messages]
+    task = [delete(m) for m in messages]
     Message.objects.filter(room=room).delete()
     Room.objects.filter(pk=room.pk).update(name="renamed")
-    seen = []
-
-    def spy(self, message, *args, **kwargs):
-        seen.append(message.room)
-
-    with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
-        patch.setattr(MessageStream, "on_delete", spy)
-        delivery.render(jobs)
-    assert len(q.captured_queries) == 1  # one in_bulk, not one query per message
-    assert [(r.pk, r.name) for r in seen] == [(room.pk, "renamed")] * 3
-    assert seen[0] is seen[1]
+    _, queries, seen = render_recording_rooms(task)
+    rooms = [r for r, _ in seen]
+    assert len(queries) == 1  # one in_bulk, not one query per message
+    assert [(r.pk, r.name) for r in rooms] == [(room.pk, "renamed")] * 3
+    assert rooms[0] is rooms[1]
