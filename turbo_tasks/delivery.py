@@ -262,42 +262,53 @@ def _run_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> No
 
 def _debounce(layer: Any, broadcasts: list[Broadcast], subscribed: set[str]) -> list[Broadcast]:
     """The broadcasts to push now, of those for ``subscribed`` groups: a debounced refresh
-    opens its stream's window and schedules the trailing refresh (or is dropped, a window
-    being open); a trailing refresh closes its window (subscribed or not) and takes the
-    request id and sender its refreshes shared."""
-    if not layers.can_debounce(layer):  # e.g. the in-memory layer: every refresh is sent
+    opens its stream's window, and the trailing refreshes of the windows this task opened
+    are scheduled in one message (a refresh finding its window open is dropped); a trailing
+    refresh closes its window (subscribed or not) and takes the request id and sender its
+    refreshes shared. The Redis calls run concurrently."""
+    if not layers.can_debounce(layer) or not any(b.debounce or b.trailing for b in broadcasts):
+        # No refresh to debounce (or, e.g. on the in-memory layer, no way to: all are sent).
         return [b for b in broadcasts if b.group in subscribed]
-    now = []
-    for b in broadcasts:
-        if b.trailing is not None:
-            rid, sender = layers.run(refreshes.close_window(layer, b.group, b.trailing))
-            b.request = {k: v for k, v in (("request_id", rid), ("sender", sender)) if v}
-            if b.group in subscribed:
-                now.append(b)
-        elif b.group not in subscribed:
-            continue
-        elif b.debounce:
-            token = layers.run(
-                refreshes.open_window(layer, b.group, b.request.get("request_id"), b.exclude)
+    trailing = [(b, token) for b in broadcasts if (token := b.trailing) is not None]
+    closed = layers.run(
+        layers.gather_bounded(refreshes.close_window(layer, b.group, t) for b, t in trailing)
+    )
+    for (b, _), (rid, sender) in zip(trailing, closed, strict=True):
+        b.request = {k: v for k, v in (("request_id", rid), ("sender", sender)) if v}
+    deferred = [b for b in broadcasts if b.debounce and b.trailing is None]
+    opening = [b for b in deferred if b.group in subscribed]
+    tokens = layers.run(
+        layers.gather_bounded(
+            refreshes.open_window(layer, b.group, b.request.get("request_id"), b.exclude)
+            for b in opening
+        )
+    )
+    opened = [(b, token) for b, token in zip(opening, tokens, strict=True) if token]
+    held = {id(b) for b in deferred}
+    if opened:
+        try:
+            refreshes.schedule([_trailing_job(b, token) for b, token in opened])
+        except Exception:
+            logger.exception("turbo_tasks: could not schedule debounced refreshes")
+            layers.run(
+                layers.gather_bounded(
+                    refreshes.close_window(layer, b.group, token) for b, token in opened
+                )
             )
-            if token:
-                trailing: BroadcastJob = {
-                    "action": "broadcast",
-                    "stream": b.stream.ref(),
-                    "turbo_action": "refresh",
-                    "trailing": token,
-                }
-                if b.exclude is not None:
-                    trailing["exclude_sender"] = True
-                try:
-                    refreshes.schedule(trailing)
-                except Exception:
-                    logger.exception("turbo_tasks: could not schedule a debounced refresh")
-                    layers.run(refreshes.close_window(layer, b.group, token))
-                    now.append(b)  # send it now rather than never
-        else:
-            now.append(b)
-    return now
+            held -= {id(b) for b, _ in opened}  # send them now rather than never
+    return [b for b in broadcasts if b.group in subscribed and id(b) not in held]
+
+
+def _trailing_job(b: Broadcast, token: str) -> BroadcastJob:
+    job: BroadcastJob = {
+        "action": "broadcast",
+        "stream": b.stream.ref(),
+        "turbo_action": "refresh",
+        "trailing": token,
+    }
+    if b.exclude is not None:
+        job["exclude_sender"] = True
+    return job
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
@@ -132,19 +132,17 @@ def forget_subscribers() -> None:
 async def _with_members(layer: RedisChannelLayer, groups: set[str]) -> set[str]:
     # Members older than group_expiry are dead: group_send would discard them too.
     alive_since = int(time.time()) - layer.group_expiry
-    limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
     watched = history.enabled(layer)
 
     async def wanted(group: str) -> bool:
-        async with limit:
-            if watched:
-                return await history.wanted(layer, group)
-            redis = _compat.group_connection(layer, group)
-            key = _compat.group_key(layer, group)
-            return bool(await redis.zcount(key, alive_since, "+inf"))
+        if watched:
+            return await history.wanted(layer, group)
+        redis = _compat.group_connection(layer, group)
+        key = _compat.group_key(layer, group)
+        return bool(await redis.zcount(key, alive_since, "+inf"))
 
     ordered = sorted(groups)
-    found = await asyncio.gather(*(wanted(group) for group in ordered))
+    found = await gather_bounded(wanted(group) for group in ordered)
     return {group for group, yes in zip(ordered, found, strict=True) if yes}
 
 
@@ -165,22 +163,20 @@ def push(layer: Any, frames: list[Frame]) -> None:
 
 
 async def _send_all(layer: Any, by_group: dict[str, list[tuple[str | None, list[str]]]]) -> None:
-    limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
     keep = history.enabled(layer)
 
     async def send_group(group: str, messages: list[tuple[str | None, list[str]]]) -> None:
-        async with limit:
-            for exclude, frames in messages:
-                html = "".join(frames)
-                event = {"type": "turbo.message", "group": group, "html": html}
-                if exclude is not None:
-                    event["exclude"] = exclude
-                if keep:
-                    # In the history first: a page that joins between the two replays it.
-                    event["offset"] = await history.append(layer, group, html)
-                await layer.group_send(group, event)
+        for exclude, frames in messages:
+            html = "".join(frames)
+            event = {"type": "turbo.message", "group": group, "html": html}
+            if exclude is not None:
+                event["exclude"] = exclude
+            if keep:
+                # In the history first: a page that joins between the two replays it.
+                event["offset"] = await history.append(layer, group, html)
+            await layer.group_send(group, event)
 
-    await asyncio.gather(*(send_group(group, msgs) for group, msgs in by_group.items()))
+    await gather_bounded(send_group(group, msgs) for group, msgs in by_group.items())
 
 
 def can_debounce(layer: Any) -> bool:
@@ -191,14 +187,21 @@ def can_debounce(layer: Any) -> bool:
 def recheck(layer: Any, groups: list[str]) -> None:
     """Ask every socket subscribed to ``groups`` to run ``user_passes_test`` again."""
     if groups:
-        run(_recheck_all(layer, sorted(set(groups))))
+        run(
+            gather_bounded(
+                layer.group_send(group, {"type": "turbo.recheck", "group": group})
+                for group in sorted(set(groups))
+            )
+        )
 
 
-async def _recheck_all(layer: Any, groups: list[str]) -> None:
+async def gather_bounded(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` concurrently, at most MAX_CONCURRENT_SENDS at a time (redis-py's
+    async pool holds 100 connections); their results in order."""
     limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
-    async def send(group: str) -> None:
+    async def bounded(call: Awaitable[T]) -> T:
         async with limit:
-            await layer.group_send(group, {"type": "turbo.recheck", "group": group})
+            return await call
 
-    await asyncio.gather(*(send(group) for group in groups))
+    return list(await asyncio.gather(*(bounded(call) for call in calls)))

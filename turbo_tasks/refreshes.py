@@ -108,18 +108,22 @@ async def close_window(layer: Any, group: str, token: str) -> tuple[str | None, 
     return _text(rid) or None, _text(sender) or None
 
 
-def schedule(job: BroadcastJob) -> None:
-    """Publish the trailing refresh ``job`` to run after the debounce window."""
+def schedule(jobs: list[BroadcastJob]) -> None:
+    """Publish the trailing refresh ``jobs`` to run after the debounce window: one
+    ``turbo_tasks.deliver`` message per MAX_JOBS_PER_MESSAGE of them."""
     from celery import current_app
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    app.send_task(
-        TASK_NAME,
-        ([job],),
-        countdown=conf.get("REFRESH_DEBOUNCE_SECONDS"),
-        queue=conf.get("QUEUE"),
-        ignore_result=True,
-        retry=True,
-        retry_policy=conf.get("PUBLISH_RETRY_POLICY"),
-        **readable_args([job], {}),
-    )
+    size = conf.get("MAX_JOBS_PER_MESSAGE")
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
+        app.send_task(
+            TASK_NAME,
+            (chunk,),
+            countdown=conf.get("REFRESH_DEBOUNCE_SECONDS"),
+            queue=conf.get("QUEUE"),
+            ignore_result=True,
+            retry=True,
+            retry_policy=conf.get("PUBLISH_RETRY_POLICY"),
+            **readable_args(chunk, {}),
+        )
