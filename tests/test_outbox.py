@@ -326,3 +326,26 @@ def test_messages_lost_between_broker_and_worker_are_delivered_anyway(
             wait_for(lambda: not OutboxJob.objects.exists(), 30, "every row to be confirmed")
         finally:
             stop.set()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("12", "outbox must be a list of row ids or null, not str"),
+        (["1", "2"], "outbox 0: must be a positive integer row id, not '1'"),
+        ([1, True], "outbox 1: must be a positive integer row id, not True"),
+        ([0], "outbox 0: must be a positive integer row id, not 0"),
+        ({"pk__gt": 0}, "outbox must be a list of row ids or null, not dict"),
+    ],
+)
+def test_a_malformed_outbox_argument_is_invalid_job_naming_it(
+    value, error, django_assert_num_queries
+):
+    # Flower's re-run takes arguments from a human: none of them may reach a query.
+    from turbo_tasks.exceptions import InvalidJob
+    from turbo_tasks.tasks import deliver
+
+    with django_assert_num_queries(0), pytest.raises(InvalidJob) as excinfo:
+        deliver.run([], outbox=value)
+    assert str(excinfo.value) == error

@@ -295,6 +295,21 @@ def validate(jobs: Any) -> list[Job]:
     return jobs
 
 
+def validate_outbox(ids: Any) -> list[int] | None:
+    """Check a task's ``outbox`` argument (the outbox rows its jobs came from, or None)
+    before it reaches a query; InvalidJob names ``outbox`` and what is wrong."""
+    if ids is None:
+        return None
+    if not isinstance(ids, list):
+        raise InvalidJob(f"outbox must be a list of row ids or null, not {type(ids).__name__}")
+    if len(ids) > MAX_JOBS_PER_TASK:
+        raise InvalidJob(f"outbox: {len(ids)} row ids; at most {MAX_JOBS_PER_TASK}")
+    for index, value in enumerate(ids):
+        if type(value) is not int or not 0 < value < 2**63:
+            raise InvalidJob(f"outbox {index}: must be a positive integer row id, not {value!r}")
+    return ids
+
+
 def _check(job: Any, where: str) -> None:
     from turbo_tasks.request_context import problem
 

@@ -14,6 +14,7 @@ from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connec
 from turbo_tasks import conf, delivery, layers
 from turbo_tasks import outbox as outbox_rows
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, DeliveryFailed, HookError, InvalidJob
+from turbo_tasks.jobs import validate_outbox
 from turbo_tasks.publish import TASK_NAME, readable_args
 
 
@@ -44,6 +45,7 @@ def deliver(
     In outbox mode ``outbox`` names the rows the jobs came from: they are deleted once the
     frames are pushed (or can never be), and published again by a relay if not.
     """
+    outbox = validate_outbox(outbox)
     try:
         sent = delivery.deliver(jobs, using)
     except (InvalidJob, HookError):
