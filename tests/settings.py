@@ -112,8 +112,21 @@ if _DOCS_LAYER:
     CHANNEL_LAYERS["default"]["CONFIG"] = {
         "hosts": [("127.0.0.1", urlsplit(CHANNEL_REDIS_URL).port)]
     }
+# TURBO_TEST_CHANNEL_LAYER=pubsub: channels_redis' RedisPubSubChannelLayer on the same hosts
+# (tests/test_pubsub.py starts its worker and ASGI server with it). Its receive loop reads
+# with 0.1 s timeouts, so redis-py's 5 s socket timeout never fires on an idle socket there;
+# the 15 s above stays only so both layers get the same hosts.
+PUBSUB_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
+CHANNEL_LAYER_KIND = os.environ.get("TURBO_TEST_CHANNEL_LAYER", "core")
+if CHANNEL_LAYER_KIND == "pubsub":
+    CHANNEL_LAYERS["default"]["BACKEND"] = PUBSUB_LAYER
+elif CHANNEL_LAYER_KIND != "core":
+    raise ValueError(f"TURBO_TEST_CHANNEL_LAYER={CHANNEL_LAYER_KIND!r}: use core or pubsub")
 
-CELERY_BROKER_URL = REDIS_URL
+# TURBO_TEST_BROKER_URL: another broker for the worker and Flower the test starts, e.g.
+# RabbitMQ (tests/test_rabbitmq.py), the channel layer staying on Redis. The transport
+# options below are the Redis transport's own: kombu's amqp transport takes none of them.
+CELERY_BROKER_URL = os.environ.get("TURBO_TEST_BROKER_URL", REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
     "socket_connect_timeout": 5,
@@ -122,6 +135,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": 1,
     "unacked_restore_throttle": 1,
 }
+if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
 CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route",)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_DB_REUSE_MAX = 100

@@ -3,14 +3,26 @@ versions: an upgrade that changes one fails here, by name."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import pytest
 import redis
+import redis.asyncio
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConnection
+from django.conf import settings
 from django.db import connection, transaction
+from django.test import override_settings
 
 from turbo_tasks import _compat
+
+T = TypeVar("T")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -28,8 +40,21 @@ def test_on_commit_callbacks_lists_what_is_pending_in_order():
         transaction.set_rollback(True)
 
 
+CORE_LAYER = "channels_redis.core.RedisChannelLayer"
+PUBSUB_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
+GROUPS = [f"turbo_tasks.compat.{i}" for i in range(40)]
+
+
+def _layer(backend: str, **config):
+    """A layer of ``backend`` on the suite's channel-layer hosts (whatever
+    TURBO_TEST_CHANNEL_LAYER says), through channels' own factory."""
+    config = {**settings.CHANNEL_LAYERS["default"]["CONFIG"], **config}
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": backend, "CONFIG": config}}):
+        return get_channel_layer()
+
+
 def test_group_key_and_connection_are_where_group_add_writes(redis_server):
-    layer = get_channel_layer()
+    layer = _layer(CORE_LAYER)
     assert isinstance(layer, RedisChannelLayer)
 
     async def join_and_score() -> float | None:
@@ -51,3 +76,129 @@ def test_blocking_receive_seconds_is_what_receive_blocks_for():
 
 def test_redis_default_socket_timeout_is_what_a_connection_gets():
     assert redis.Connection().socket_timeout == _compat.redis_default_socket_timeout()
+
+
+# -- channels_redis: where each layer keeps a group ------------------------------------------
+
+SHARDS = ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0", ("127.0.0.1", 3)]
+
+
+def test_core_layer_shard_prefix_and_hosts_are_the_layers():
+    layer = RedisChannelLayer(hosts=SHARDS, prefix="pfx")
+    assert _compat.prefix(layer) == "pfx"
+    assert _compat.hosts(layer) == layer.hosts
+    assert [_compat.shard_index(layer, g) for g in GROUPS] == [
+        layer.consistent_hash(g) for g in GROUPS
+    ]
+    assert _compat.is_redis_layer(layer)
+    assert not _compat.is_redis_pubsub_layer(layer)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"), [((), {"hosts": SHARDS, "prefix": "pfx"}), ((SHARDS, "pfx"), {})]
+)
+def test_pubsub_layer_prefix_hosts_group_channel_and_shard_are_what_each_loop_layer_uses(
+    args, kwargs
+):
+    """Read without an event loop, from the arguments the proxy keeps, they match what
+    the RedisPubSubLoopLayer it makes for a loop uses to subscribe and publish."""
+    layer = RedisPubSubChannelLayer(*args, **kwargs)
+    assert _compat.is_redis_layer(layer)
+    assert _compat.is_redis_pubsub_layer(layer)
+
+    async def loop_layer_view():
+        loop_layer = layer._get_layer()
+        channels = [loop_layer._get_group_channel_name(g) for g in GROUPS]
+        shards = [loop_layer._shards.index(loop_layer._get_shard(c)) for c in channels]
+        return loop_layer.prefix, [s.host for s in loop_layer._shards], channels, shards
+
+    prefix, hosts, channels, shards = async_to_sync(loop_layer_view)()
+    assert _compat.prefix(layer) == prefix == "pfx"
+    assert _compat.hosts(layer) == hosts
+    assert [_compat.group_channel(layer, g) for g in GROUPS] == channels
+    assert [_compat.shard_index(layer, g) for g in GROUPS] == shards
+    assert set(shards) == {0, 1, 2}
+
+
+def test_pubsub_layer_defaults_are_read_without_a_loop():
+    layer = RedisPubSubChannelLayer()
+    assert _compat.prefix(layer) == "asgi"
+    assert _compat.hosts(layer) == [{"address": "redis://localhost:6379"}]
+
+
+def test_pubsub_shard_connection_is_the_client_the_layer_publishes_with(redis_server):
+    layer = _layer(PUBSUB_LAYER)
+    # Taken without the shard's lock: _ensure_redis must stay synchronous.
+    assert not inspect.iscoroutinefunction(RedisSingleShardConnection._ensure_redis)
+
+    async def publish_and_compare():
+        client = _compat.shard_connection(layer, 0)
+        await layer.group_send("turbo_tasks.compat", {"type": "x"})
+        publisher = layer._get_layer()._shards[0]._redis
+        return client is publisher, isinstance(client, redis.asyncio.Redis), await client.ping()
+
+    assert async_to_sync(publish_and_compare)() == (True, True, True)
+
+
+def test_pubsub_group_members_are_processes_subscribed_to_the_group_channel(redis_server):
+    """PUBSUB NUMSUB on the group's shard counts each process (one subscription per
+    process, however many of its consumers are in the group), from a client and from Lua."""
+    layer = _layer(PUBSUB_LAYER)
+    group = "turbo_tasks.compat.members"
+    channel = _compat.group_channel(layer, group)
+    lua = "return redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]"
+
+    async def numsub() -> tuple[int, int]:
+        client = _compat.group_connection(layer, group)
+        [(_, count)] = await client.pubsub_numsub(channel)
+        return count, await client.eval(lua, 0, channel)
+
+    async def join_two_then_leave():
+        first, second = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add(group, first)
+        await layer.group_add(group, second)
+        joined = await _eventually(numsub, (1, 1))
+        await layer.group_discard(group, first)
+        await layer.group_discard(group, second)
+        return joined, await _eventually(numsub, (0, 0))
+
+    assert async_to_sync(join_two_then_leave)() == ((1, 1), (0, 0))
+
+
+def test_sync_client_reaches_the_shard_of_each_layer(redis_server):
+    for backend in (CORE_LAYER, PUBSUB_LAYER):
+        layer = _layer(backend)
+        assert _compat.sync_client(layer, 0).ping()
+        # One pool per layer object (reused), not per id(): another layer gets its own.
+        pool = _compat.sync_client(layer, 0).connection_pool
+        assert _compat.sync_client(layer, 0).connection_pool is pool
+        assert _compat.sync_client(_layer(backend), 0).connection_pool is not pool
+
+
+@pytest.mark.parametrize("backend", [CORE_LAYER, PUBSUB_LAYER])
+def test_has_members_while_a_channel_is_in_the_group(redis_server, backend):
+    layer = _layer(backend)
+    group = f"turbo_tasks.compat.has_members.{backend.rsplit('.', 1)[1]}"
+
+    async def has_members() -> bool:
+        return await _compat.has_members(layer, group)
+
+    async def join_then_leave() -> tuple[bool, bool, bool]:
+        before = await has_members()
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        joined = await _eventually(has_members, True)
+        await layer.group_discard(group, channel)
+        return before, joined, await _eventually(has_members, False)
+
+    assert async_to_sync(join_then_leave)() == (False, True, False)
+
+
+async def _eventually(read: Callable[[], Awaitable[T]], expected: T, timeout: float = 5) -> T:
+    """``read()`` once it returns ``expected``, or its last value after ``timeout``: the
+    pub/sub layer's group_add and group_discard return once (UN)SUBSCRIBE is sent, before
+    Redis has run it, so another connection may see the change a moment later."""
+    deadline = time.monotonic() + timeout
+    while (value := await read()) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return value

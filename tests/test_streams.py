@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from channels.layers import BaseChannelLayer
+from channels_redis.core import RedisChannelLayer
 from django.core.exceptions import ImproperlyConfigured
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import override_settings
@@ -374,7 +376,7 @@ def ids(messages):
 
 
 def test_checks_pass_with_the_test_settings():
-    assert checks.check_settings() + checks.check_channel_layer() == []
+    assert checks.check_settings() + checks.check_channel_layer() + checks.check_catch_up() == []
 
 
 @override_settings(CHANNEL_LAYERS={})
@@ -413,6 +415,55 @@ def test_check_redis_socket_timeout_shorter_than_blocking_receive(hosts, expecte
     layers = {"default": {"BACKEND": checks.REDIS_CORE_LAYER, "CONFIG": {"hosts": hosts}}}
     with override_settings(CHANNEL_LAYERS=layers):
         assert ids(checks.check_channel_layer()) == expected
+
+
+@override_settings(TURBO_TASKS={"HISTORY_LENGTH": 0})
+def test_check_catch_up_turned_off_says_what_pages_lose():
+    [warning] = checks.check_catch_up()
+    assert warning.id == "turbo_tasks.W007"
+    assert "misses every change committed while its socket reconnects" in warning.msg
+    assert warning.hint
+
+
+class ThirdPartyLayer(BaseChannelLayer):
+    """A channel layer that is not one of channels_redis'."""
+
+
+class OwnRedisLayer(RedisChannelLayer):
+    """A project's subclass of a channels_redis layer."""
+
+
+@pytest.mark.parametrize(
+    ("backend", "eager", "expected"),
+    [
+        ("tests.test_streams.ThirdPartyLayer", False, ["turbo_tasks.W008"]),
+        (checks.IN_MEMORY_LAYER, True, ["turbo_tasks.W008"]),
+        (checks.IN_MEMORY_LAYER, False, []),  # turbo_tasks.E003 says it all
+        ("channels_redis.core.RedisChannelLayer", False, []),
+        ("channels_redis.pubsub.RedisPubSubChannelLayer", False, []),
+        ("tests.test_streams.OwnRedisLayer", False, []),
+        ("no.such.Layer", False, []),  # channels says so at its first use
+    ],
+)
+def test_check_catch_up_needs_a_channels_redis_layer(backend, eager, expected):
+    layers = {"default": {"BACKEND": backend}}
+    with override_settings(CHANNEL_LAYERS=layers, CELERY_TASK_ALWAYS_EAGER=eager):
+        messages = checks.check_catch_up()
+    assert ids(messages) == expected
+    if messages:
+        assert backend in messages[0].msg
+        assert "catch-up cannot work" in messages[0].msg
+        assert "RedisPubSubChannelLayer" in (messages[0].hint or "")
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [{"CHANNEL_LAYERS": {}}, {"TURBO_TASKS": ["QUEUE"]}, {"TURBO_TASKS": {"HISTORY_LENGTH": "0"}}],
+    ids=["E002", "E001", "E006"],
+)
+def test_check_catch_up_leaves_other_mistakes_to_their_own_checks(mistake):
+    with override_settings(**mistake):
+        assert checks.check_catch_up() == []
 
 
 @override_settings(TURBO_TASKS={"QUEUEE": "x", "MAX_FRAME_SIZE": 0})

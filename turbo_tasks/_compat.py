@@ -8,6 +8,9 @@ tests/test_publish.py against ``send_task``.)
 
 from __future__ import annotations
 
+import inspect
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +18,8 @@ import redis
 import redis.exceptions
 import redis.sentinel
 from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
+from channels_redis.utils import _consistent_hash, decode_hosts
 
 # -- Django: transaction.on_commit bookkeeping ----------------------------------------------
 
@@ -31,6 +36,11 @@ def last_on_commit_callback(connection: Any) -> Callable[[], Any] | None:
 
 
 # -- channels_redis: where a group lives --------------------------------------------------
+#
+# Both layers channels_redis ships are supported. RedisChannelLayer keeps a group as a
+# sorted set on the shard ``consistent_hash(group)``. RedisPubSubChannelLayer keeps no group
+# in Redis: each process SUBSCRIBEs to the group's channel, ``<prefix>__group__<group>``, on
+# the shard that channel hashes to, and group_send PUBLISHes there.
 
 
 def is_redis_core_layer(layer: Any) -> bool:
@@ -38,32 +48,128 @@ def is_redis_core_layer(layer: Any) -> bool:
     return isinstance(layer, RedisChannelLayer)
 
 
+def is_redis_pubsub_layer(layer: Any) -> bool:
+    """channels_redis' RedisPubSubChannelLayer, whose groups are pub/sub channels."""
+    return isinstance(layer, RedisPubSubChannelLayer)
+
+
+# The layers channels_redis ships: turbo_tasks knows where their groups live.
+REDIS_LAYERS: tuple[type, ...] = (RedisChannelLayer, RedisPubSubChannelLayer)
+
+
+def is_redis_layer(layer: Any) -> bool:
+    """Either layer channels_redis ships (or a subclass)."""
+    return isinstance(layer, REDIS_LAYERS)
+
+
+_pubsub_configs: weakref.WeakKeyDictionary[Any, tuple[str, list[dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pubsub_config(layer: RedisPubSubChannelLayer) -> tuple[str, list[dict[str, Any]]]:
+    """``(prefix, hosts)`` of a pub/sub layer. The layer itself is a proxy that makes one
+    RedisPubSubLoopLayer per event loop (reading any attribute of it needs a running loop),
+    from the arguments it keeps in ``_args``/``_kwargs``: read them the way that class does."""
+    config = _pubsub_configs.get(layer)
+    if config is None:
+        bound = inspect.signature(RedisPubSubLoopLayer).bind(*layer._args, **layer._kwargs)
+        bound.apply_defaults()
+        config = (str(bound.arguments["prefix"]), decode_hosts(bound.arguments["hosts"]))
+        _pubsub_configs[layer] = config
+    return config
+
+
+def prefix(layer: Any) -> str:
+    """The layer's key prefix (``"asgi"`` unless configured)."""
+    if is_redis_pubsub_layer(layer):
+        return _pubsub_config(layer)[0]
+    return str(layer.prefix)
+
+
+def hosts(layer: Any) -> list[dict[str, Any]]:
+    """The layer's ``hosts``, one connection kwargs dict per shard (channels_redis'
+    ``decode_hosts``)."""
+    if is_redis_pubsub_layer(layer):
+        return _pubsub_config(layer)[1]
+    return list(layer.hosts)
+
+
 def group_key(layer: RedisChannelLayer, group: str) -> bytes:
-    """The Redis key of ``group``'s sorted set (members scored by join time)."""
+    """Core layer: the Redis key of ``group``'s sorted set (members scored by join time)."""
     key: bytes = layer._group_key(group)
     return key
 
 
-def group_connection(layer: RedisChannelLayer, group: str) -> Any:
-    """The redis-py client of the shard (``hosts`` entry) that holds ``group``."""
-    return layer.connection(layer.consistent_hash(group))
+def group_channel(layer: RedisPubSubChannelLayer, group: str) -> str:
+    """Pub/sub layer: the Redis channel ``group`` is published on and subscribed to
+    (``RedisPubSubLoopLayer._get_group_channel_name``)."""
+    return f"{prefix(layer)}__group__{group}"
 
 
-_sync_pools: dict[tuple[int, int], Any] = {}
+def shard_index(layer: Any, group: str) -> int:
+    """The index of the shard (``hosts`` entry) that holds ``group``: for the pub/sub layer,
+    the one ``RedisPubSubLoopLayer._get_shard`` picks for the group's channel."""
+    if is_redis_pubsub_layer(layer):
+        index: int = _consistent_hash(group_channel(layer, group), len(hosts(layer)))
+    else:
+        index = layer.consistent_hash(group)
+    return index
+
+
+def shard_connection(layer: Any, index: int) -> Any:
+    """The redis-py asyncio client of shard ``index`` for the running event loop, from the
+    layer's own pool. Call it from a coroutine.
+
+    On the pub/sub layer that is the client its RedisSingleShardConnection publishes with,
+    rather than a pool of ours: channels_redis makes it per event loop (one
+    RedisPubSubLoopLayer per loop), from the same ``hosts`` entry (URL, host/port or
+    Sentinel, through ``create_pool``), and closes it when that loop closes (it wraps
+    ``loop.close``) or the layer is flushed; a pool of ours would need all of that again and
+    would double the sockets per shard. Used without the shard's lock, which serialises the
+    layer's own publishes and subscribes: each command takes a connection of its own from the
+    pool (at most 100), apart from the one the subscriptions hold."""
+    if is_redis_pubsub_layer(layer):
+        shard = layer._get_layer()._shards[index]
+        shard._ensure_redis()
+        return shard._redis
+    return layer.connection(index)
+
+
+def group_connection(layer: Any, group: str) -> Any:
+    """The redis-py asyncio client of the shard (``hosts`` entry) that holds ``group``."""
+    return shard_connection(layer, shard_index(layer, group))
+
+
+async def has_members(layer: Any, group: str) -> bool:
+    """Whether ``group`` has a live member. Core layer: a channel that joined within
+    ``group_expiry`` (group_send discards older ones). Pub/sub layer: a process subscribed
+    to the group's channel (which of its sockets, that layer cannot tell)."""
+    client = group_connection(layer, group)
+    if is_redis_pubsub_layer(layer):
+        [(_, subscribers)] = await client.pubsub_numsub(group_channel(layer, group))
+        return bool(subscribers)
+    alive_since = int(time.time()) - layer.group_expiry
+    return bool(await client.zcount(group_key(layer, group), alive_since, "+inf"))
+
+
+# layer -> {shard index: pool}; by the layer object, not its id (which a new layer, e.g.
+# after override_settings(CHANNEL_LAYERS=…), may reuse with other hosts).
+_sync_pools: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
 
 
 # A page render waits on the sync client: never longer than this per command.
 SYNC_TIMEOUT_SECONDS = 2.0
 
 
-def sync_client(layer: RedisChannelLayer, index: int) -> Any:
+def sync_client(layer: Any, index: int) -> Any:
     """A synchronous redis-py client for shard ``index`` of ``layer``, configured from the
     same ``hosts`` entry as channels_redis' own (asyncio) pool for that shard, with socket
     timeouts of at most SYNC_TIMEOUT_SECONDS."""
-    key = (id(layer), index)
-    pool = _sync_pools.get(key)
+    pools = _sync_pools.setdefault(layer, {})
+    pool = pools.get(index)
     if pool is None:
-        host = dict(layer.hosts[index])
+        host = dict(hosts(layer)[index])
         for option in ("socket_timeout", "socket_connect_timeout"):
             host[option] = min(host.get(option) or SYNC_TIMEOUT_SECONDS, SYNC_TIMEOUT_SECONDS)
         if "address" in host:
@@ -75,7 +181,7 @@ def sync_client(layer: RedisChannelLayer, index: int) -> Any:
             pool = redis.sentinel.SentinelConnectionPool(host.pop("master_name"), sentinel, **host)
         else:
             pool = redis.ConnectionPool(**host)
-        _sync_pools[key] = pool
+        pools[index] = pool
     return redis.Redis(connection_pool=pool)
 
 
@@ -126,3 +232,4 @@ def redis_default_socket_timeout() -> float | None:
     except ImportError:
         return None
     return None if DEFAULT_SOCKET_TIMEOUT is None else float(DEFAULT_SOCKET_TIMEOUT)
+

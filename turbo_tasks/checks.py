@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from turbo_tasks import _compat, conf
 
@@ -17,6 +18,7 @@ REDIS_CORE_LAYER = "channels_redis.core.RedisChannelLayer"
 def register() -> None:
     checks.register(check_settings, "turbo_tasks")
     checks.register(check_channel_layer, "turbo_tasks")
+    checks.register(check_catch_up, "turbo_tasks")
     checks.register(check_celery_app, "turbo_tasks")
     checks.register(check_sender_middleware, "turbo_tasks")
 
@@ -144,6 +146,55 @@ def check_channel_layer(**kwargs: Any) -> list[checks.CheckMessage]:
             )
         ]
     return []
+
+
+def check_catch_up(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Catch-up off is a warning, never silence: pages then miss what is committed while
+    their socket is down or not yet subscribed (ARCHITECTURE.md, "Catch-up")."""
+    try:
+        conf.unknown_keys()
+    except ImproperlyConfigured:
+        return []  # turbo_tasks.E001
+    length = conf.get("HISTORY_LENGTH")
+    if length == 0 and type(length) is int:
+        return [
+            checks.Warning(
+                "TURBO_TASKS['HISTORY_LENGTH'] is 0, so catch-up is off: frames carry no "
+                "offsets and streams keep no history. A page misses every change committed "
+                "while its socket reconnects (a deploy, a network blip, a Redis restart) or "
+                "before it subscribes, and keeps looking live.",
+                hint="Remove HISTORY_LENGTH (default 200) or set it above 0; lower "
+                "HISTORY_SECONDS instead if the memory it takes is the concern.",
+                id="turbo_tasks.W007",
+            )
+        ]
+    alias = conf.get("CHANNEL_LAYER")
+    config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(alias)
+    backend = config.get("BACKEND", "") if isinstance(config, dict) else ""
+    if not backend or (backend == IN_MEMORY_LAYER and not _eager()):
+        return []  # turbo_tasks.E002, E003
+    try:
+        layer_class = import_string(backend)
+    except ImportError:
+        return []  # channels reports it at the first use of the layer
+    if isinstance(layer_class, type) and issubclass(layer_class, _compat.REDIS_LAYERS):
+        return []
+    return [
+        checks.Warning(
+            f"Channel layer {alias!r} ({backend}) is not one of channels_redis' layers, so "
+            f"catch-up cannot work on it: turbo_tasks keeps each stream's history beside its "
+            f"group in the layer's Redis, and does not know where this layer keeps groups. "
+            f"Frames carry no offsets; a page misses every change committed while its socket "
+            f"reconnects or before it subscribes.",
+            hint="Use channels_redis.core.RedisChannelLayer or "
+            "channels_redis.pubsub.RedisPubSubChannelLayer.",
+            id="turbo_tasks.W008",
+        )
+    ]
+
+
+def _eager() -> bool:
+    return bool(getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False))
 
 
 def _times_out_while_blocking(host: dict[str, Any]) -> bool:

@@ -6,7 +6,11 @@ it to the group, the consumer joins the group before reading the history, and a 
 carries ``since``, the offset of the last frame the page applied (or, first, the offset
 ``{% turbo_subscribe %}`` rendered into the page).
 
-Per stream, in the channel layer's Redis, on the shard that holds the stream's group:
+Per stream, in the channel layer's Redis, on the shard that holds the stream's group, found
+the way the layer finds it (``_compat.shard_index``): on channels_redis' ``RedisChannelLayer``
+the shard of the group's sorted set (``consistent_hash(group)``); on its
+``RedisPubSubChannelLayer`` the shard the group's channel (``<prefix>__group__<group>``) is
+published and subscribed on. ``<prefix>`` is the layer's (``"asgi"`` by default):
 
 - ``<prefix>:turbo_tasks:meta:<group>``, a hash: ``inc`` (a random token made when the hash
   is created), ``seq`` (frames pushed so far) and ``watched`` (until when, in ms, a page
@@ -125,22 +129,40 @@ return out
 """
 )
 
-# KEYS: group, meta. ARGV: alive since (s). 1 when the group has a live member, or a page
-# rendered or subscribed with the stream within the watch window. Otherwise the frame is
-# not rendered, and the stream's seq moves on anyway: a page that comes back with an older
-# since then finds a hole and gets reset, instead of silently missing the change.
-_WATCHED = (
-    """
-if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') > 0 then return 1 end
-"""
-    + _NOW
-    + """
-local watched = tonumber(redis.call('HGET', KEYS[2], 'watched') or '0')
+
+def _watched(members: str) -> str:
+    """1 when the group has a live member (the ``members`` test), or a page rendered or
+    subscribed with the stream within the watch window. Otherwise the frame is not
+    rendered, and the stream's seq moves on anyway: a page that comes back with an older
+    since then finds a hole and gets reset, instead of silently missing the change."""
+    return (
+        members
+        + _NOW
+        + """
+local watched = tonumber(redis.call('HGET', KEYS[1], 'watched') or '0')
 if watched > now then return 1 end
-if watched > 0 then redis.call('HINCRBY', KEYS[2], 'seq', 1) end
+if watched > 0 then redis.call('HINCRBY', KEYS[1], 'seq', 1) end
 return 0
 """
-)
+    )
+
+
+# Core layer. KEYS: meta, group. ARGV: alive since (s): members joined before are dead.
+_WATCHED = _watched("if redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf') > 0 then return 1 end")
+# Pub/sub layer. KEYS: meta. ARGV: the group's channel: a member is a process subscribed
+# to it (on this shard, where the layer subscribes and publishes it).
+_WATCHED_PUBSUB = _watched("if redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2] > 0 then return 1 end")
+
+# KEYS: metas. Each stream's offset, '' for a stream without one (one flat reply: for
+# thousands of streams, far cheaper to parse than a pipeline's replies).
+_OFFSETS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'inc', 'seq')
+  out[i] = v[1] and v[2] and (v[1] .. '.' .. v[2]) or ''
+end
+return out
+"""
 
 # KEYS: metas. ARGV: watch seconds. A socket that leaves keeps its streams watched for
 # the window, so what it misses while reconnecting is rendered into the history.
@@ -158,9 +180,10 @@ return 0
 
 
 def enabled(layer: Any) -> bool:
-    """Catch-up needs ``HISTORY_LENGTH`` > 0 and the channels_redis core layer (whose
-    group keys tell where a stream's history lives)."""
-    return bool(conf.get("HISTORY_LENGTH")) and _compat.is_redis_core_layer(layer)
+    """Catch-up needs ``HISTORY_LENGTH`` > 0 and one of channels_redis' layers (we know
+    where their groups live, so where a stream's history goes; checks.py warns about any
+    other layer)."""
+    return bool(conf.get("HISTORY_LENGTH")) and _compat.is_redis_layer(layer)
 
 
 def offset(inc: str, seq: int) -> str:
@@ -175,8 +198,8 @@ def parse(value: Any) -> tuple[str, int] | None:
 
 def _keys(layer: Any, group: str) -> tuple[str, str]:
     return (
-        f"{layer.prefix}:turbo_tasks:meta:{group}",
-        f"{layer.prefix}:turbo_tasks:history:{group}",
+        f"{_compat.prefix(layer)}:turbo_tasks:meta:{group}",
+        f"{_compat.prefix(layer)}:turbo_tasks:history:{group}",
     )
 
 
@@ -212,12 +235,14 @@ async def wanted(layer: Any, group: str) -> bool:
     rendered or subscribed with its stream within the history window (its socket may not
     have subscribed yet, or be reconnecting). When not, the stream's seq moves on, so an
     older ``since`` gets ``reset`` rather than silently missing the skipped frame."""
-    alive_since = int(time.time()) - layer.group_expiry
     meta, _ = _keys(layer, group)
     connection = _compat.group_connection(layer, group)
-    return bool(
-        await connection.eval(_WATCHED, 2, _compat.group_key(layer, group), meta, alive_since)
-    )
+    if _compat.is_redis_pubsub_layer(layer):
+        channel = _compat.group_channel(layer, group)
+        return bool(await connection.eval(_WATCHED_PUBSUB, 1, meta, channel))
+    alive_since = int(time.time()) - layer.group_expiry
+    key = _compat.group_key(layer, group)
+    return bool(await connection.eval(_WATCHED, 2, meta, key, alive_since))
 
 
 # -- consumer ----------------------------------------------------------------------------
@@ -256,6 +281,28 @@ async def left(layer: Any, group: str) -> None:
     await connection.eval(_TOUCH, 1, meta, conf.get("HISTORY_SECONDS"))
 
 
+async def current(layer: Any, groups: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """``(inc, seq)`` of each group's stream as Redis has it now (streams without offsets
+    are left out), for the consumer's gap check: one round trip per shard involved, with
+    no side effects."""
+    offsets: dict[str, tuple[str, int]] = {}
+    for index, shard_groups in _by_shard(layer, groups).items():
+        metas = [_keys(layer, group)[0] for group in shard_groups]
+        connection = _compat.shard_connection(layer, index)
+        result = await connection.eval(_OFFSETS, len(metas), *metas)
+        for group, value in zip(shard_groups, result, strict=True):
+            if parsed := parse(_text(value)):
+                offsets[group] = parsed
+    return offsets
+
+
+def _by_shard(layer: Any, groups: Iterable[str]) -> dict[int, list[str]]:
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for group in dict.fromkeys(groups):
+        by_shard[_compat.shard_index(layer, group)].append(group)
+    return by_shard
+
+
 # -- page render -------------------------------------------------------------------------
 
 
@@ -266,11 +313,8 @@ def current_offsets(layer: Any, groups: Iterable[str]) -> dict[str, str]:
     A shard that does not answer (within ``_compat.SYNC_TIMEOUT_SECONDS``) is logged and its
     streams left out: the page still renders, and subscribes without ``since`` (it may miss
     what is committed before its socket subscribes) rather than fail."""
-    by_shard: dict[int, list[str]] = defaultdict(list)
-    for group in dict.fromkeys(groups):
-        by_shard[layer.consistent_hash(group)].append(group)
     offsets: dict[str, str] = {}
-    for index, shard_groups in by_shard.items():
+    for index, shard_groups in _by_shard(layer, groups).items():
         client = _compat.sync_client(layer, index)
         metas = [_keys(layer, group)[0] for group in shard_groups]
         try:

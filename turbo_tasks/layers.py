@@ -4,12 +4,18 @@
 every time (milliseconds per task). Instead each worker thread keeps one event loop and
 runs the channel-layer calls on it directly (no hand-off to another thread), so
 channels_redis keeps its connection pool between tasks.
+
+Under gevent and eventlet (Celery's ``-P gevent``/``-P eventlet``) tasks are greenlets
+sharing one OS thread, and a loop running in one of them would be seen by all the others:
+Django refuses their ORM calls then. There the process keeps one loop in a real OS thread
+of its own, and the calls are handed to it; the waiting greenlet lets the others run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import threading
@@ -18,10 +24,9 @@ from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
 from django.core.exceptions import ImproperlyConfigured
 
-from turbo_tasks import _compat, conf, history
+from turbo_tasks import _compat, _green, conf, history
 
 T = TypeVar("T")
 # (group, html, the socket id it must not reach or None)
@@ -32,9 +37,9 @@ logger = logging.getLogger(__name__)
 # Frames for one group in one message; Turbo applies every <turbo-stream> in a message.
 MAX_FRAMES_PER_MESSAGE = 100
 # redis-py's async pool holds 100 connections; stay well below it.
-MAX_CONCURRENT_SENDS = 50
+MAX_CONCURRENT_SENDS = _green.MAX_CONCURRENT_SENDS
 # A channel layer that does not answer within this is treated as down (and retried).
-TIMEOUT_SECONDS = 30
+TIMEOUT_SECONDS = _green.TIMEOUT_SECONDS
 # A group seen with members is taken to still have them for this long (no ZCOUNT): at
 # worst a frame is rendered for a group that has just emptied, and group_send drops it.
 MEMBERS_SEEN_SECONDS = 1.0
@@ -56,7 +61,10 @@ _loops: list[asyncio.AbstractEventLoop] = []
 _loops_lock = threading.Lock()
 
 
-def _state() -> _Local:
+def _state() -> _Local | _green.LoopThread:
+    library = _green.library()
+    if library is not None:
+        return _green.state(library, _loops_lock)
     if _local.pid != os.getpid() or _local.loop.is_closed():
         # A forked child (Celery's prefork pool) must not share the parent's sockets.
         _local.pid, _local.loop, _local.seen = os.getpid(), asyncio.new_event_loop(), {}
@@ -68,6 +76,7 @@ def _state() -> _Local:
 def close_loops() -> None:
     """Close this process's channel-layer loops that are not running (channels_redis closes
     its connections on each as it closes). At exit, and when a Celery worker stops."""
+    _green.close()
     with _loops_lock:
         loops = [loop for loop in _loops if loop.is_closed() or not loop.is_running()]
         for loop in loops:
@@ -84,15 +93,22 @@ atexit.register(close_loops)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on this thread's channel-layer loop and wait for it (at most
-    TIMEOUT_SECONDS). For synchronous code, like the rest of the worker's Django code."""
-    loop = _state().loop
+    """Run ``coro`` on this thread's channel-layer loop (under gevent or eventlet, the
+    process's loop thread) and wait for it (at most TIMEOUT_SECONDS). For synchronous code,
+    like the rest of the worker's Django code."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT_SECONDS))
+        state = _state()
+        if isinstance(state, _green.LoopThread):
+            return state.call(coro)
+        return state.loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT_SECONDS))
     coro.close()
     raise RuntimeError("turbo_tasks delivers from synchronous code; use sync_to_async")
+
+
+# In a gather_bounded call on the shared (gevent/eventlet) bound: nested ones do not wait.
+_holds_slot = contextvars.ContextVar("turbo_tasks_holds_slot", default=False)
 
 
 def get_layer() -> Any:
@@ -107,10 +123,11 @@ def get_layer() -> Any:
 
 
 def groups_with_subscribers(layer: Any, groups: set[str]) -> set[str]:
-    """The groups that have at least one live member, or (with catch-up on) whose stream a
-    page rendered within the history window; all of them, for layers that cannot tell. So
-    frames nobody would receive are never rendered."""
-    if not groups or not isinstance(layer, RedisChannelLayer):
+    """The groups that have at least one live member (on the pub/sub layer: a process
+    subscribed to the group's channel), or (with catch-up on) whose stream a page rendered
+    within the history window; all of them, for layers that cannot tell. So frames nobody
+    would receive are never rendered."""
+    if not groups or not _compat.is_redis_layer(layer):
         return groups
     now, seen = time.monotonic(), _state().seen
     recent = {g for g in groups if now - seen.get(g, -MEMBERS_SEEN_SECONDS) < MEMBERS_SEEN_SECONDS}
@@ -129,17 +146,13 @@ def forget_subscribers() -> None:
     _state().seen.clear()
 
 
-async def _with_members(layer: RedisChannelLayer, groups: set[str]) -> set[str]:
-    # Members older than group_expiry are dead: group_send would discard them too.
-    alive_since = int(time.time()) - layer.group_expiry
+async def _with_members(layer: Any, groups: set[str]) -> set[str]:
     watched = history.enabled(layer)
 
     async def wanted(group: str) -> bool:
         if watched:
             return await history.wanted(layer, group)
-        redis = _compat.group_connection(layer, group)
-        key = _compat.group_key(layer, group)
-        return bool(await redis.zcount(key, alive_since, "+inf"))
+        return await _compat.has_members(layer, group)
 
     ordered = sorted(groups)
     found = await gather_bounded(wanted(group) for group in ordered)
@@ -180,8 +193,8 @@ async def _send_all(layer: Any, by_group: dict[str, list[tuple[str | None, list[
 
 
 def can_debounce(layer: Any) -> bool:
-    """Whether refreshes can be debounced across workers (a channels_redis core layer)."""
-    return _compat.is_redis_core_layer(layer)
+    """Whether refreshes can be debounced across workers (a channels_redis layer)."""
+    return _compat.is_redis_layer(layer)
 
 
 def recheck(layer: Any, groups: list[str]) -> None:
@@ -197,11 +210,16 @@ def recheck(layer: Any, groups: list[str]) -> None:
 
 async def gather_bounded(calls: Iterable[Awaitable[T]]) -> list[T]:
     """Await ``calls`` concurrently, at most MAX_CONCURRENT_SENDS at a time (redis-py's
-    async pool holds 100 connections); their results in order."""
-    limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+    async pool holds 100 connections); their results in order. On the gevent/eventlet loop
+    thread the bound is shared by all the calls it runs at once, every greenlet's."""
+    shared = _green.shared_limit()
+    limit = shared or asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     async def bounded(call: Awaitable[T]) -> T:
+        if shared and _holds_slot.get():  # nested in a bounded call: waiting would deadlock
+            return await call
         async with limit:
+            _holds_slot.set(True)  # in this call's task only: gather gives each a context
             return await call
 
     return list(await asyncio.gather(*(bounded(call) for call in calls)))

@@ -74,7 +74,7 @@ return {rid, sender}
 
 
 def _key(layer: Any, group: str) -> str:
-    return f"{layer.prefix}:turbo_tasks:refresh:{group}"
+    return f"{_compat.prefix(layer)}:turbo_tasks:refresh:{group}"
 
 
 def _text(value: Any) -> str:
