@@ -146,11 +146,11 @@ async def test_a_recheck_sent_while_a_subscribe_is_being_checked_reaches_it(monk
     # revocation committed after that read is followed by a recheck this socket receives.
     from channels.layers import get_channel_layer
 
-    from turbo_tasks import consumers
+    from turbo_tasks import permissions
 
     user = await sync_to_async(User.objects.create_user)("ann", is_staff=True)
     checking, release = asyncio.Event(), asyncio.Event()
-    real_authorize = consumers._authorize
+    real_authorize = permissions.authorize
 
     async def slow_authorize(ref, scope):  # type: ignore[no-untyped-def]
         answer = await real_authorize(ref, scope)  # reads is_staff=True
@@ -158,7 +158,7 @@ async def test_a_recheck_sent_while_a_subscribe_is_being_checked_reaches_it(monk
         await release.wait()
         return answer
 
-    monkeypatch.setattr(consumers, "_authorize", slow_authorize)
+    monkeypatch.setattr(permissions, "authorize", slow_authorize)
     with override_settings(
         CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     ):

@@ -8,7 +8,10 @@ tests/test_publish.py against ``send_task``.)
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
+import logging
 import time
 import weakref
 from collections.abc import Callable
@@ -20,6 +23,8 @@ import redis.sentinel
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from channels_redis.utils import _consistent_hash, decode_hosts
+
+logger = logging.getLogger(__name__)
 
 # -- Django: transaction.on_commit bookkeeping ----------------------------------------------
 
@@ -214,6 +219,9 @@ def _url_sets_timeout(host: dict[str, Any]) -> bool:
 # What a channels_redis read raises when its socket timeout fires (redis-py 8's default
 # of 5 s equals channels_redis' blocking receive).
 RECEIVE_TIMEOUTS: tuple[type[Exception], ...] = (redis.exceptions.TimeoutError, TimeoutError)
+# What it raises when its connection is lost (killed, Redis restarted); redis-py opens a
+# new one on the next call. (redis-py's TimeoutError is a ConnectionError's sibling.)
+RECEIVE_DISCONNECTS: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, OSError)
 
 
 def blocking_receive_seconds() -> float:
@@ -233,3 +241,67 @@ def redis_default_socket_timeout() -> float | None:
         return None
     return None if DEFAULT_SOCKET_TIMEOUT is None else float(DEFAULT_SOCKET_TIMEOUT)
 
+
+# -- channels_redis: a cancelled receive loses another consumer's message -----------------
+
+
+def protect_receive(layer: Any) -> bool:
+    """Make ``layer``'s process-wide receive safe to cancel; True if it was changed.
+
+    channels_redis' core layer runs one ``BZPOPMIN`` on the process's channel at a time, in
+    whichever consumer holds its ``receive_lock``, and hands each message popped to the
+    consumer it is for. When that consumer is cancelled (its socket closed) after Redis
+    popped a message but before the reply was read, redis-py drops the connection and the
+    message, which may belong to *another* socket, is gone (tests/test_receive.py pins it).
+    Here the pop runs in a task that a cancellation does not stop; a message it pops after
+    all goes back to the head of the channel's queue (it waits in channels_redis' backup
+    key meanwhile), where the next receive takes it.
+    """
+    if not is_redis_core_layer(layer) or getattr(layer, "_turbo_tasks_protected", False):
+        return False
+    original = layer._brpop_with_clean
+
+    async def brpop_with_clean(index: int, channel: str, timeout: float) -> Any:
+        task = asyncio.ensure_future(original(index, channel, timeout))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(_requeue, layer, index, channel))
+            raise
+
+    layer._brpop_with_clean = brpop_with_clean
+    layer._turbo_tasks_protected = True
+    return True
+
+
+# KEYS: channel, its backup. ARGV: member. Back from the backup (unless the next receive's
+# clean-up moved it already), with its score, so it keeps its place in the queue.
+_REQUEUE = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if score then
+  redis.call('ZADD', KEYS[1], score, ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+"""
+_requeues: set[asyncio.Future[Any]] = set()
+
+
+def _requeue(layer: Any, index: int, channel: str, task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None or task.result() is None:
+        return
+    backup = layer._backup_channel_name(channel)
+    call = asyncio.ensure_future(
+        layer.connection(index).eval(_REQUEUE, 2, channel, backup, task.result())
+    )
+    _requeues.add(call)
+    call.add_done_callback(_requeue_done)
+
+
+def _requeue_done(call: asyncio.Future[Any]) -> None:
+    _requeues.discard(call)
+    if not call.cancelled() and call.exception() is not None:
+        logger.error(
+            "turbo_tasks: could not put back a message a cancelled receive popped; it waits in "
+            "channels_redis' backup key for the next receive",
+            exc_info=call.exception(),
+        )

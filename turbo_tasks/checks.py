@@ -56,6 +56,7 @@ _VALUE_RULES: list[tuple[str, str, Any]] = [
     ("HISTORY_LENGTH", "an integer >= 0", lambda v: type(v) is int and v >= 0),
     ("HISTORY_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("GROUP_REFRESH_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
+    ("GAP_CHECK_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("REFRESH_DEBOUNCE_SECONDS", "a number of seconds > 0", lambda v: _number(v) and v > 0),
     ("MAX_RETRIES", "an integer >= 0", lambda v: type(v) is int and v >= 0),
     ("RETRY_BACKOFF", "a number of seconds > 0", lambda v: _number(v) and v > 0),

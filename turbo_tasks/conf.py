@@ -25,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     # HISTORY_LENGTH = 0 turns catch-up off.
     "HISTORY_LENGTH": 200,
     "HISTORY_SECONDS": 600,
+    # A page whose socket stays open matches the database at most this many seconds after
+    # a change, whatever the channel layer dropped: each ASGI process checks its sockets'
+    # streams twice per period (one Redis round trip per shard) and replays what is lost.
+    "GAP_CHECK_SECONDS": 5,
     # Seconds between re-adding a socket to its groups (channels_redis drops members
     # after its group_expiry, 86400 s by default); keep it well below that.
     "GROUP_REFRESH_SECONDS": 3600,

@@ -6,26 +6,14 @@ import asyncio
 import json
 import logging
 import weakref
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.contrib import auth
-from django.contrib.auth.models import AnonymousUser
 
-from turbo_tasks import _compat, conf, history, request_context, signing
+from turbo_tasks import _compat, conf, gaps, history, permissions, request_context, signing
 from turbo_tasks.exceptions import StreamRejected
-from turbo_tasks.jobs import StreamRef
-from turbo_tasks.registry import resolve_ref
-
-if TYPE_CHECKING:
-    # channels has no type hints; its database_sync_to_async is a SyncToAsync subclass with
-    # the same signature (it only closes old DB connections around the call), so type
-    # checkers see asgiref's typed base class instead.
-    from asgiref.sync import SyncToAsync as database_sync_to_async
-else:
-    from channels.db import database_sync_to_async
+from turbo_tasks.gaps import Mark
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +24,10 @@ MAX_CONCURRENT_GROUP_CHANGES = 50
 _group_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+
+
+# Gap repairs in a row with no live frame in between before a socket counts as deaf.
+DEAF_REPAIRS = 3
 
 
 def _group_slot() -> asyncio.Semaphore:
@@ -78,7 +70,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     # AsyncConsumer.__call__ sets this to the channel layer's receive for our channel and
     # waits on it: keep waiting past a read that timed out, rather than die with 1011 (an
     # idle read times out whenever the socket timeout is not longer than channels_redis'
-    # blocking receive). Nothing is lost: the message stays queued in Redis.
+    # blocking receive), and past one lost connection (killed, or a failover: redis-py
+    # opens a new one). Nothing is lost: messages stay queued in Redis, and the gap check
+    # replays what a pub/sub subscriber missed while it reconnected. A Redis that does not
+    # answer the second read either is down: the socket closes, and the page knows it.
     @property
     def channel_receive(self) -> Any:
         return self._channel_receive
@@ -86,21 +81,36 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     @channel_receive.setter
     def channel_receive(self, receive: Any) -> None:
         async def patient_receive() -> Any:
+            reconnected = False
             while True:
                 try:
                     return await receive()
                 except _compat.RECEIVE_TIMEOUTS:
                     logger.debug("turbo_tasks: a channel-layer read timed out; reading again")
+                except _compat.RECEIVE_DISCONNECTS:
+                    if reconnected:
+                        raise
+                    reconnected = True
+                    logger.warning(
+                        "turbo_tasks: lost the channel layer's Redis connection; reconnecting",
+                        exc_info=True,
+                    )
 
         self._channel_receive = patient_receive
 
     async def connect(self) -> None:
-        # group -> {signed name: the (inc, seq) it was caught up to when it subscribed}:
-        # live frames at or below that mark were replayed already (or were before since).
+        # group -> {signed name: its mark, the (inc, seq) up to which the page has every
+        # frame (None with catch-up off, or while it subscribes)}.
         self.subscriptions: dict[str, dict[str, tuple[str, int] | None]] = {}
         # Held while a group change and the membership check before it must not be
         # interleaved with the refresher (which runs beside the receive loop).
         self._membership = asyncio.Lock()
+        # Held while frames are forwarded to, or replayed for, subscriptions: the gap
+        # check runs beside the receive loop, and a mark must only move forward.
+        self._streams = asyncio.Lock()
+        # Gap check: group -> the offset its subscriptions must reach by the next check.
+        self._targets: dict[str, Mark] = {}
+        self._repairs_since_live = 0
         self._refresher = asyncio.create_task(self._refresh_groups())
         # Unguessable, and bound to this socket's user: only that user's requests carrying
         # it (X-Turbo-Tasks-Socket) keep frames sent with exclude_sender from this socket.
@@ -132,7 +142,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         names = [name for group in groups for name in self.subscriptions.get(group, {})]
         if not names:
             return
-        allowed = await _authorize_all(names, self.scope)
+        allowed = await permissions.authorize_all(names, self.scope)
         for group in groups:
             for name in list(self.subscriptions.get(group, {})):
                 # _drop is False for a name unsubscribed meanwhile: nothing to revoke.
@@ -146,6 +156,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self._refresher.cancel()
         if self.channel_layer is not None:
+            gaps.unwatch(self, self.channel_layer)
             # The page may be reconnecting: keep what it misses meanwhile in the history.
             watched = history.enabled(self.channel_layer)
             for group in self.subscriptions:
@@ -192,7 +203,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # wait while this subscribe runs and go only to names in self.subscriptions.
         joined = await self._join_new(group)
         try:
-            resolved, allowed = await _authorize(ref, self.scope)
+            resolved, allowed = await permissions.authorize(ref, self.scope)
         except StreamRejected as exc:
             await self._leave_unused(joined)
             return await self._reply("rejected", stream=name, reason=exc.reason)
@@ -202,10 +213,16 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if not allowed:
             await self._leave_unused(joined)
             return await self._reply("rejected", stream=name, reason="forbidden")
+        if not history.enabled(self.channel_layer):
+            async with self._membership:
+                self.subscriptions.setdefault(group, {})[name] = None
+            return await self._reply("subscribed", stream=name)
+        async with self._streams:  # no gap repair of this name while it catches up
+            await self._catch_up(group, name, since)
+
+    async def _catch_up(self, group: str, name: str, since: str | None) -> None:
         async with self._membership:
             self.subscriptions.setdefault(group, {})[name] = None
-        if not history.enabled(self.channel_layer):
-            return await self._reply("subscribed", stream=name)
         # Live frames for this group wait while we read: a consumer handles one event at
         # a time, so none can slip past the mark.
         wanted = history.parse(since)
@@ -222,8 +239,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             await self._reply("message", stream=name, html=html, offset=entries[-1][0])
         if name not in self.subscriptions.get(group, {}):
             return
-        if since is not None:
-            self.subscriptions[group][name] = history.parse(current)
+        # From here on the page has every frame up to current: live frames at or below it
+        # are dropped, and one above current + 1 shows a gap (see _forward).
+        self.subscriptions[group][name] = history.parse(current)
+        gaps.watch(self, self.channel_layer)
         await self._reply("subscribed", stream=name, offset=current)
 
     async def _join_new(self, group: str) -> str | None:
@@ -293,10 +312,70 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             for name in sorted(names) if html else ():
                 await self._reply("message", stream=name, html=html)
             return
-        inc, seq = history.parse(offset) or ("", 0)
-        for name, mark in sorted(names.items()):
-            if mark is None or mark[0] != inc or seq > mark[1]:
-                await self._reply("message", stream=name, html=html, offset=offset)
+        at = history.parse(offset)
+        if at is None:
+            return
+        async with self._streams:
+            self._repairs_since_live = 0
+            for name in sorted(names):
+                await self._forward(event["group"], name, html, at)
+
+    async def _forward(self, group: str, name: str, html: str, at: Mark) -> None:
+        """Send the frame at offset ``at`` unless the page has it; first the frames missing
+        below it (lost, or still on their way from another worker) from the history."""
+        mark = self.subscriptions.get(group, {}).get(name)
+        if mark is not None and not gaps.behind(mark, at):
+            return  # replayed already, or a repeat
+        if mark is not None and (mark[0] != at[0] or at[1] > mark[1] + 1):
+            logger.debug("turbo_tasks: %s skipped from %s to %s; filling", group, mark, at)
+            await self._fill(group, name, mark)  # the history has `at` too
+            return
+        await self._reply("message", stream=name, html=html, offset=history.offset(*at))
+        if name in self.subscriptions.get(group, {}):
+            self.subscriptions[group][name] = at
+
+    async def _fill(self, group: str, name: str, mark: Mark) -> None:
+        """Send ``name`` every frame of its stream after ``mark``, one message each (so the
+        element's resume point moves over them), or ``reset`` if the history cannot."""
+        async with _group_slot():
+            status, current, entries = await history.read(self.channel_layer, group, mark)
+        if name not in self.subscriptions.get(group, {}):
+            return  # unsubscribed or revoked meanwhile
+        if status == "reset":
+            await self._reply("reset", stream=name)
+        for offset, html in entries:
+            await self._reply("message", stream=name, html=html, offset=offset)
+        self.subscriptions[group][name] = history.parse(current)
+
+    async def check_progress(self, current: dict[str, Mark]) -> None:
+        """The gap check (turbo_tasks.gaps): repair subscriptions still below the offset
+        the previous check saw, and remember where the others must be by the next one."""
+        overdue = []
+        for group, names in list(self.subscriptions.items()):
+            target, now = self._targets.pop(group, None), current.get(group)
+            lagging = [m for m in names.values() if m is not None and now and gaps.behind(m, now)]
+            if target is not None and any(gaps.behind(m, target) for m in lagging):
+                overdue.append(group)
+            elif lagging and now is not None:
+                self._targets[group] = now
+        if not overdue:
+            return
+        self._repairs_since_live += 1
+        if self._repairs_since_live > DEAF_REPAIRS:
+            # Frames reach this socket only through repairs: its channel-layer receive is
+            # broken. The element reconnects (and catches up) on a fresh one.
+            logger.warning("turbo_tasks: a socket receives no frames; closing it to reconnect")
+            await self.close(code=1011)
+            return
+        async with self._streams:
+            for group in overdue:
+                logger.info("turbo_tasks: frames for %s never arrived; replaying them", group)
+                for name, mark in list(self.subscriptions.get(group, {}).items()):
+                    if mark is not None:
+                        await self._fill(group, name, mark)
+                async with self._membership:  # the membership may be what was lost
+                    if group in self.subscriptions:
+                        await self._join(group)
 
     async def _reply(self, kind: str, **fields: Any) -> None:
         await self.send(text_data=json.dumps({"type": kind, **fields}))
@@ -309,11 +388,14 @@ _fitted_layers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _fit_layer(alias: str) -> None:
-    """Once per layer: lengthen socket timeouts that would kill idle consumers."""
+    """Once per layer: make its receive safe to cancel (a closing socket must not take
+    another socket's frame with it), and lengthen socket timeouts that would kill idle
+    consumers."""
     layer = get_channel_layer(alias)
     if layer is None or layer in _fitted_layers:
         return
     _fitted_layers.add(layer)
+    _compat.protect_receive(layer)
     for host in _compat.lengthen_receive_timeouts(layer):
         logger.warning(
             "turbo_tasks: channel layer %r host %s had no socket_timeout; redis-py's default "
@@ -324,92 +406,3 @@ def _fit_layer(alias: str) -> None:
             _compat.redis_default_socket_timeout(),
             host["socket_timeout"],
         )
-
-
-@database_sync_to_async
-def _authorize(ref: StreamRef, scope: Any) -> tuple[str, bool]:
-    """Rebuild a verified name's stream, and run its permission check, for the
-    socket's user as the database has it now (a re-subscribe sees a demotion or a logout).
-
-    In a thread: a stream's constructor and ``user_passes_test`` are user code that may
-    query the database. Any failure to resolve the name is ``unknown_stream`` for that
-    stream alone; a crashing check refuses, and neither touches the socket.
-    """
-    return _check(ref, _current_user(scope))
-
-
-@database_sync_to_async
-def _authorize_all(names: list[str], scope: Any) -> dict[str, bool]:
-    """Whether the socket's user (looked up once) still passes each stream's check; a name
-    that no longer resolves does not."""
-    user = _current_user(scope)
-    allowed = {}
-    for name in names:
-        try:
-            allowed[name] = _check(signing.unsign(name), user)[1]
-        except StreamRejected:  # e.g. expired since (SIGNED_NAME_MAX_AGE)
-            allowed[name] = False
-    return allowed
-
-
-def _current_user(scope: Any) -> Any:
-    """The socket's user as their next request would see it (the scope's user object was
-    loaded when the socket connected).
-
-    With a session (channels' AuthMiddlewareStack): the session as stored now, through the
-    auth backend, as ``django.contrib.auth.get_user`` does: a logout elsewhere, a password
-    change (the session's auth hash), a deleted or (with ModelBackend) deactivated user
-    make it anonymous. Without one: the user's row reloaded; deleted or inactive is
-    anonymous.
-    """
-    user: Any = scope.get("user") or AnonymousUser()
-    if not getattr(user, "is_authenticated", False):
-        return user
-    session = scope.get("session")
-    key = getattr(session, "session_key", None) if session is not None else None
-    if key:
-        stored = _StoredSession(session.__class__(key))
-        return auth.get_user(SimpleNamespace(session=stored))  # type: ignore[arg-type]
-    fresh = user.__class__._default_manager.filter(pk=user.pk).first()
-    if fresh is None or not getattr(fresh, "is_active", True):
-        return AnonymousUser()
-    return fresh
-
-
-class _StoredSession:
-    """A session read from its store, for ``auth.get_user``: read-only (get_user flushes or
-    cycles sessions that fail or need rehashing; a websocket check must not write them)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def __getitem__(self, key: str) -> Any:
-        return self._store[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._store.get(key, default)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def cycle_key(self) -> None:
-        pass
-
-
-def _check(ref: StreamRef, user: Any) -> tuple[str, bool]:
-    try:
-        stream = resolve_ref(ref)
-        group = stream.group_name
-    except StreamRejected:
-        raise
-    except Exception:
-        logger.exception("turbo_tasks: a validly signed stream name failed to resolve")
-        raise StreamRejected("unknown_stream") from None
-    try:
-        return group, bool(stream.user_passes_test(user))
-    except Exception:
-        logger.exception("turbo_tasks: %r.user_passes_test raised; refusing", stream)
-        return group, False
