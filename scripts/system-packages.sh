@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need, when they are missing.
-# Usage: scripts/system-packages.sh [browser] [postgres]
+# Usage: scripts/system-packages.sh [browser] [postgres] [rabbitmq]
 set -euo pipefail
 
 need=()
@@ -12,7 +12,9 @@ for extra in "$@"; do
     browser) command -v chromium >/dev/null || need+=(chromium) ;;
     # The suite runs its own cluster with Debian's server binaries (tests/postgres.py).
     postgres) compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql) ;;
-    *) echo "system-packages.sh: unknown extra $extra (browser, postgres)" >&2 && exit 2 ;;
+    # The suite runs its own node with Debian's server binaries (tests/rabbitmq.py).
+    rabbitmq) [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need+=(rabbitmq-server) ;;
+    *) echo "system-packages.sh: unknown extra $extra (browser, postgres, rabbitmq)" >&2 && exit 2 ;;
     esac
 done
 ((${#need[@]})) || exit 0
