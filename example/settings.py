@@ -99,7 +99,8 @@ STATICFILES_DIRS = [BASE_DIR / "node_modules" / "@hotwired" / "turbo" / "dist"]
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Or channels_redis.pubsub.RedisPubSubChannelLayer: catch-up works on both.
+        "BACKEND": os.environ.get("CHANNEL_LAYER_BACKEND", "channels_redis.core.RedisChannelLayer"),
         # redis-py 8 times sockets out after 5 s, exactly as long as channels_redis blocks
         # waiting for a message: set a longer timeout (check W005; turbo_tasks copes without).
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},

@@ -15,6 +15,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -94,10 +95,24 @@ def _wait_for_site(base_url: str, web: Process) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with _example_stack(tmp_path_factory) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def pubsub_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The same site on channels_redis' RedisPubSubChannelLayer."""
+    backend = "channels_redis.pubsub.RedisPubSubChannelLayer"
+    with _example_stack(tmp_path_factory, CHANNEL_LAYER_BACKEND=backend) as running:
+        yield running
+
+
+@contextmanager
+def _example_stack(tmp_path_factory: pytest.TempPathFactory, **extra: str) -> Iterator[Stack]:
     redis_server, redis_url = start_redis("example-redis")
     processes = [redis_server]
     try:
-        env = example_env(tmp_path_factory.mktemp("example") / "db.sqlite3", redis_url)
+        env = example_env(tmp_path_factory.mktemp("example") / "db.sqlite3", redis_url, **extra)
         manage(env, "migrate", "--noinput", "-v", "0")
         manage(env, "seed_demo")
         worker = Process(
@@ -322,6 +337,17 @@ def _not_reloaded(user: User) -> None:
 
 @pytest.mark.browser
 def test_page_shows_what_was_committed_while_the_server_was_down(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    _shows_what_was_committed_while_the_server_was_down(stack, browser, "07-caught-up")
+
+
+@pytest.mark.browser
+def test_pubsub_layer_page_shows_what_was_committed_while_the_server_was_down(  # type: ignore[no-untyped-def]
+    pubsub_stack: Stack, browser
+) -> None:
+    _shows_what_was_committed_while_the_server_was_down(pubsub_stack, browser, "07-pubsub")
+
+
+def _shows_what_was_committed_while_the_server_was_down(stack: Stack, browser, shot: str) -> None:  # type: ignore[no-untyped-def]
     expect.set_options(timeout=TIMEOUT_MS)
     bob = _member(stack, browser, "bob", stack.room_url("general"))
     try:
@@ -329,12 +355,16 @@ def test_page_shows_what_was_committed_while_the_server_was_down(stack: Stack, b
         bob.page.wait_for_selector(f"{SOURCE}:not([connected])", state="attached")
         texts = [f"while down {i}" for i in range(3)]
         stack.post_as("alice", "general", texts)
-        stack.restart_web()
-        for text in texts:
+        stack.web.start()
+        # And while it starts again.
+        stack.post_as("alice", "general", ["while starting"])
+        _wait_for_site(stack.base_url, stack.web)
+        stack.post_as("alice", "general", ["after the restart"])
+        for text in [*texts, "while starting", "after the restart"]:
             expect(_message(bob, text)).to_have_count(1)
         bob.wait_subscribed()
         _not_reloaded(bob)
-        _screenshot(bob, "07-caught-up-after-outage")
+        _screenshot(bob, f"{shot}-after-outage")
         assert bob.errors == []
     finally:
         bob.close()
