@@ -4,13 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-postgres test-newest lint format clean demo bench chaos
+.PHONY: help install test test-postgres test-newest test-oldest lint format clean demo bench chaos
 
 help:
 	@echo "make demo    run the example chat site: web, worker, Flower, Redis (Ctrl-C stops all)"
 	@echo "make test    run the test suite (installs what is missing)"
 	@echo "make test-postgres  the suite on a private PostgreSQL cluster it starts"
 	@echo "make test-newest    the end-to-end tests on Python 3.13 + Django 6.1 (nox)"
+	@echo "make test-oldest    the end-to-end tests on Python 3.10 + Django 5.2 (nox)"
 	@echo "make lint    ruff and mypy"
 	@echo "make bench   side-by-side benchmarks -> bench/results/ (not part of the tests)"
 	@echo "make chaos   10,000 changes through Redis/ASGI restarts and worker kills, both modes;"
@@ -45,13 +46,18 @@ test-postgres: install
 	scripts/system-packages.sh postgres
 	TURBO_TEST_DATABASE=postgres $(PY) -m pytest $(PYTEST_ARGS)
 
-# The newest supported corner, through nox (noxfile.py has every corner).
+# The newest and the oldest supported corners, through nox (noxfile.py has every corner).
 NEWEST := tests(py3.13-django6.1)
+OLDEST := tests(py3.10-django5.2)
 E2E := tests/test_end_to_end.py tests/test_delivery.py tests/test_consumer.py \
 	tests/test_catch_up.py tests/test_browser.py tests/test_request_context.py \
-	tests/test_revocation.py tests/test_refreshes.py
+	tests/test_revocation.py tests/test_refreshes.py tests/test_gaps.py \
+	tests/test_receive.py tests/test_churn.py tests/test_pubsub.py tests/test_worker_pools.py
 test-newest: install
 	$(VENV)/bin/nox -s "$(NEWEST)" -- $(E2E) $(PYTEST_ARGS)
+
+test-oldest: install
+	$(VENV)/bin/nox -s "$(OLDEST)" -- $(E2E) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
