@@ -141,6 +141,7 @@ class Stack:
                 "TURBO_TEST_DB": str(tmp / "chaos.sqlite3"),
                 "TURBO_TEST_VISIBILITY_TIMEOUT": str(args.visibility_timeout),
                 "TURBO_TEST_TURBO_TASKS": json.dumps(turbo_tasks_settings(mode, args)),
+                "TURBO_TEST_CHANNEL_LAYER": args.layer,
             }
         )
         self.env.pop("TURBO_TEST_CHANNEL_REDIS_URL", None)  # one Redis for both
@@ -1142,6 +1143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pages-timeout", type=float, default=90.0, help="wait this long for pages to settle"
     )
     p.add_argument("--concurrency", type=int, default=2, help="worker prefork processes")
+    p.add_argument(
+        "--layer", choices=("core", "pubsub"), default="core", help="channels_redis layer"
+    )
     p.add_argument("--visibility-timeout", type=int, default=10, help="broker, seconds")
     p.add_argument("--retry-backoff-max", type=float, default=5.0, help="TURBO_TASKS, s")
     p.add_argument("--quiet", type=float, default=10.0, help="settled after this long idle")
