@@ -137,6 +137,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
+# TURBO_TEST_SENTINEL_MASTER: the master a sentinel:// broker URL asks Sentinel for
+# (tests/test_sentinel.py).
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = os.environ["TURBO_TEST_SENTINEL_MASTER"]
 CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route",)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_DB_REUSE_MAX = 100
