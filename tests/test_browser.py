@@ -359,8 +359,8 @@ def _shows_what_was_committed_while_the_server_was_down(stack: Stack, browser, s
         # And while it starts again.
         stack.post_as("alice", "general", ["while starting"])
         _wait_for_site(stack.base_url, stack.web)
-        stack.post_as("alice", "general", ["after the restart"])
-        for text in [*texts, "while starting", "after the restart"]:
+        stack.post_as("alice", "general", ["once it was back"])
+        for text in [*texts, "while starting", "once it was back"]:
             expect(_message(bob, text)).to_have_count(1)
         bob.wait_subscribed()
         _not_reloaded(bob)
