@@ -504,7 +504,9 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         group, signed = room.stream.group_name, room.stream.signed_name
 
         stack.start_asgi()
-        tap = stack.start_listener("tap", "--redis", stack.redis_url, "--group", group)
+        tap = stack.start_listener(
+            "tap", "--redis", stack.redis_url, "--group", group, "--layer", args.layer
+        )
         page = stack.start_listener(
             "ws",
             "--url",

@@ -63,12 +63,16 @@ class Out:
 # -- the channel-layer tap -------------------------------------------------------------------
 
 
-async def tap(redis_url: str, group: str, out: Out, readd_every: float) -> None:
+async def tap(redis_url: str, group: str, out: Out, readd_every: float, kind: str) -> None:
     from channels_redis.core import RedisChannelLayer
+    from channels_redis.pubsub import RedisPubSubChannelLayer
 
     # The same layer settings as the project's (tests/settings.py): redis-py 8's default
     # 5 s socket timeout would cut channels_redis' 5 s blocking pop.
-    layer = RedisChannelLayer(hosts=[{"address": redis_url, "socket_timeout": 15}])
+    hosts = [{"address": redis_url, "socket_timeout": 15}]
+    layer = (
+        RedisPubSubChannelLayer(hosts=hosts) if kind == "pubsub" else RedisChannelLayer(hosts=hosts)
+    )
     channel = await layer.new_channel()
     failed = asyncio.Event()
 
@@ -162,6 +166,7 @@ def main() -> None:
     t.add_argument("--group", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--readd-every", type=float, default=2.0)
+    t.add_argument("--layer", choices=("core", "pubsub"), default="core")
     w = sub.add_parser("ws")
     w.add_argument("--url", required=True)
     w.add_argument("--stream", required=True)
@@ -173,7 +178,7 @@ def main() -> None:
     # stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.role == "tap":
-        asyncio.run(tap(args.redis, args.group, out, args.readd_every))
+        asyncio.run(tap(args.redis, args.group, out, args.readd_every, args.layer))
     else:
         asyncio.run(page(args.url, args.stream, out, args.ack_timeout))
 
