@@ -84,21 +84,29 @@ def start_redis(name: str, port: int | None = None) -> tuple[Process, str]:
 
 
 def start_worker(
-    name: str, queue: str = "turbo_tasks", env: dict[str, str] | None = None
+    name: str,
+    queue: str = "turbo_tasks",
+    env: dict[str, str] | None = None,
+    pool: str = "solo",
+    concurrency: int | None = None,
+    app: Any = None,
 ) -> Process:
-    """``celery -A worker worker -Q <queue>`` (solo pool), once it answers a ping."""
+    """``celery -A worker worker -Q <queue> -P <pool>``, once it answers a ping sent
+    through ``app`` (default: the project's app, whose broker is the suite's Redis)."""
     worker = Process(
         name,
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queue, "--pool", "solo",
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queue, "--pool", pool,
+         *(("-c", str(concurrency)) if concurrency else ()),
          "--without-mingle", "--without-gossip", "-l", "info", "-n", f"{name}@%h"],
         env or test_env(),
     )  # fmt: skip
     destination = [f"{name}@{socket.gethostname()}"]
+    pinger = app or celery_app
 
     def answers() -> bool:
         try:
             return worker.alive() and bool(
-                celery_app.control.ping(destination=destination, timeout=0.5)
+                pinger.control.ping(destination=destination, timeout=0.5)
             )
         except redis.ConnectionError:  # a pooled connection another test's fault killed
             return False

@@ -127,7 +127,7 @@ elif CHANNEL_LAYER_KIND != "core":
 # RabbitMQ (tests/test_rabbitmq.py), the channel layer staying on Redis. The transport
 # options below are the Redis transport's own: kombu's amqp transport takes none of them.
 CELERY_BROKER_URL = os.environ.get("TURBO_TEST_BROKER_URL", REDIS_URL)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     "socket_timeout": 5,
     "socket_connect_timeout": 5,
     "visibility_timeout": VISIBILITY_TIMEOUT,

@@ -245,11 +245,12 @@ def test_rendering_many_streams_costs_one_redis_round_trip(monkeypatch):
     assert calls == ["EVAL"]
 
 
-def test_page_renders_without_since_when_the_channel_layer_redis_is_down(caplog):
-    dead = {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
-    }
+@pytest.mark.parametrize(
+    "backend",
+    ["channels_redis.core.RedisChannelLayer", "channels_redis.pubsub.RedisPubSubChannelLayer"],
+)
+def test_page_renders_without_since_when_the_channel_layer_redis_is_down(caplog, backend):
+    dead = {"BACKEND": backend, "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}
     with (
         override_settings(CHANNEL_LAYERS={"default": dead}),
         caplog.at_level(logging.WARNING, logger="turbo_tasks"),

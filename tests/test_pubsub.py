@@ -8,7 +8,6 @@ its history lives on a sharded layer, who counts as a member, Sentinel hosts."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -20,7 +19,6 @@ import pytest
 import redis
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.template import Context, Template
 from django.test import override_settings
 
 from tests.helpers import (
@@ -235,20 +233,6 @@ def test_refresh_debounce_window_works_on_the_pubsub_layer():
     assert token
     assert layers.run(refreshes.open_window(layer, group, "rid", None)) == ""
     assert layers.run(refreshes.close_window(layer, group, token)) == ("rid", None)
-
-
-def test_page_renders_without_since_when_the_pubsub_redis_is_down(caplog):
-    dead = _layers(PUBSUB, [f"redis://127.0.0.1:{free_port()}/0"])
-    with (
-        override_settings(CHANNEL_LAYERS=dead),
-        caplog.at_level(logging.WARNING, logger="turbo_tasks"),
-    ):
-        html = Template("{% load turbo_tasks %}{% turbo_subscribe room %}").render(
-            Context({"room": Room(pk=7)})
-        )
-    assert "signed-stream-name=" in html
-    assert "since=" not in html
-    assert "rendering 1 stream(s) without since" in caplog.text
 
 
 @pytest.fixture

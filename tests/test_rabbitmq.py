@@ -81,11 +81,8 @@ def worker_env(rabbitmq: Node) -> dict[str, str]:
 
 
 def start_rabbitmq_worker(app: Celery, name: str, env: dict[str, str]) -> Process:
-    # start_worker pings through tests.helpers.celery_app, whose broker is the test Redis:
-    # this worker only hears RabbitMQ.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(helpers, "celery_app", app)
-        return start_worker(name, QUEUE, env)
+    # Pinged through RabbitMQ: this worker hears nothing else.
+    return start_worker(name, QUEUE, env, app=app)
 
 
 @pytest.fixture(scope="module")

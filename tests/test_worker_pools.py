@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,7 @@ from django.db import connections, transaction
 from django.test import override_settings
 
 import turbo_tasks as turbo
-from tests.helpers import Process, WsClient, celery_app, test_env, wait_for
+from tests.helpers import Process, WsClient, start_worker, test_env, wait_for
 from tests.testapp.models import Message, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,32 +40,10 @@ FAILURES = ("SynchronousOnlyOperation", "raised unexpected", "Traceback", "ERROR
 
 def start_pool_worker(pool: str, queue: str) -> Process:
     """``celery -A worker worker -P <pool>`` on ``queue``, once it answers a ping."""
-    name = f"pool-{pool}-{uuid.uuid4().hex[:6]}"
     env = test_env()
     env["TURBO_TEST_TURBO_TASKS"] = json.dumps({"QUEUE": queue})
-    worker = Process(
-        name,
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queue, "-P", pool,
-         "-c", str(CONCURRENCY[pool]), "--without-mingle", "--without-gossip", "-l", "info",
-         "-n", f"{name}@%h"],
-        env,
-    )  # fmt: skip
-    destination = [f"{name}@{socket.gethostname()}"]
-
-    def answers() -> bool:
-        try:
-            return worker.alive() and bool(
-                celery_app.control.ping(destination=destination, timeout=0.5)
-            )
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_for(answers, TIMEOUT, f"the {pool} worker to answer a ping")
-    except AssertionError:
-        worker.stop()
-        raise AssertionError(f"the {pool} worker did not start:\n{worker.log()}") from None
-    return worker
+    name = f"pool-{pool}-{uuid.uuid4().hex[:6]}"
+    return start_worker(name, queue, env, pool=pool, concurrency=CONCURRENCY[pool])
 
 
 @pytest.fixture
