@@ -45,8 +45,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     (``since`` optional) and ``{"type": "unsubscribe", "stream": …}``.
     Server → client: first ``hello`` (this connection's ``socket_id``); ``message`` (the
     ``<turbo-stream>`` ``html`` and its ``offset``), first the frames after ``since`` from
-    the stream's history, then ``subscribed`` (with the current ``offset``) and live frames;
-    ``reset`` when the history cannot serve ``since``; ``rejected`` (with a ``reason``);
+    the stream's history, then ``subscribed`` (with the current ``offset``) and live frames,
+    each once and in offset order (frames missing below one that arrives, or found missing
+    by the gap check, are sent from the history first: turbo_tasks.gaps);
+    ``reset`` when the history cannot serve ``since`` or a gap; ``rejected`` (with a ``reason``);
     ``revoked`` when the user no longer passes ``user_passes_test``; ``error`` for malformed
     frames, the socket stays open.
     """
