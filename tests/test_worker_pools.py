@@ -117,9 +117,12 @@ def test_every_pool_delivers_every_frame_of_concurrent_tasks(pool, ws_client, qu
     try:
         log = wait_for(lambda: finished(worker, client, expected), TIMEOUT, "every frame")
     finally:
-        worker.stop()  # its shutdown is not under test: the log above was read before it
-    for failure in FAILURES:
+        worker.stop()
+    # And a clean shutdown: the worker's shutdown deadline starts without an error.
+    stopped = worker.log(200_000)
+    for failure in (*FAILURES, "BlockingSwitchOutError", "Cannot switch"):
         assert failure not in log, log
+        assert failure not in stopped, stopped[-4000:]
     assert log.count("succeeded in") == 16, log
     assert delivered_ids(client.frames) >= expected
 

@@ -47,6 +47,22 @@ def library() -> str | None:
     return None
 
 
+def thread_primitives() -> tuple[Callable[..., Any], Callable[[], Any]]:
+    """``(start_new_thread, allocate_lock)`` of the real ``_thread`` module: under gevent or
+    eventlet the patched ones make greenlets and greenlet locks."""
+    green = library()
+    if green == "gevent":
+        original = sys.modules["gevent.monkey"].get_original
+        start, lock = original("_thread", ["start_new_thread", "allocate_lock"])
+        return start, lock
+    if green == "eventlet":
+        thread = sys.modules["eventlet.patcher"].original("_thread")
+        return thread.start_new_thread, thread.allocate_lock
+    import _thread
+
+    return _thread.start_new_thread, _thread.allocate_lock
+
+
 class LoopThread:
     """This process's channel-layer loop under gevent or eventlet, run by one real OS thread
     (started with the unpatched ``_thread``), so no greenlet's thread has a running loop.
@@ -63,16 +79,8 @@ class LoopThread:
         self.loop: asyncio.AbstractEventLoop
         self.closed = False
         self._error: BaseException | None = None
-        if library == "gevent":
-            self._waiter = _gevent_waiter
-            original = sys.modules["gevent.monkey"].get_original
-            start_new_thread, allocate_lock = original(
-                "_thread", ["start_new_thread", "allocate_lock"]
-            )
-        else:
-            self._waiter = _eventlet_waiter
-            thread = sys.modules["eventlet.patcher"].original("_thread")
-            start_new_thread, allocate_lock = thread.start_new_thread, thread.allocate_lock
+        self._waiter = _gevent_waiter if library == "gevent" else _eventlet_waiter
+        start_new_thread, allocate_lock = thread_primitives()
         # Real locks, each waited for once: at start (briefly) and by close_loops().
         self._ready, self._stopped = allocate_lock(), allocate_lock()
         self._ready.acquire()

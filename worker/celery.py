@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from typing import Any
 
 from celery import Celery
@@ -33,18 +32,31 @@ app.autodiscover_tasks()
 SHUTDOWN_TIMEOUT = 10.0
 EXIT_CODE_GAVE_UP = 70  # EX_SOFTWARE
 
-_deadline: threading.Timer | None = None
+_deadline_started = False
 
 
 @worker_shutting_down.connect
 def _bound_shutdown(sig: str = "", how: str = "", **kwargs: Any) -> None:
-    """Start the clock on the first shutdown signal (sent in the worker's main process)."""
-    global _deadline
-    if _deadline is not None:
+    """Start the clock on the first shutdown signal (sent in the worker's main process).
+
+    In a real OS thread, also under ``-P gevent``/``eventlet``: there threading.Timer is a
+    greenlet, which cannot be started from the signal handler (it runs in the hub), and a
+    stuck hub would never run it anyway. A thread of ``_thread`` never holds up the exit."""
+    from turbo_tasks import _green
+
+    global _deadline_started
+    if _deadline_started:
         return
-    _deadline = threading.Timer(SHUTDOWN_TIMEOUT, _give_up, args=(sig, how))
-    _deadline.daemon = True  # a shutdown that finishes in time is not held up by it
-    _deadline.start()
+    _deadline_started = True
+    start_new_thread, allocate_lock = _green.thread_primitives()
+    never = allocate_lock()
+    never.acquire()
+
+    def deadline() -> None:
+        never.acquire(timeout=SHUTDOWN_TIMEOUT)  # a real wait: time.sleep may be patched
+        _give_up(sig, how)
+
+    start_new_thread(deadline, ())
 
 
 def _give_up(sig: str, how: str) -> None:
