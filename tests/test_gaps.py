@@ -1,8 +1,10 @@
 """No silent gap on an open socket (docs/protocol.md, "Gap repair"): a frame dropped
 anywhere between the worker and the socket still reaches the page, in order and once.
 
-A real uvicorn server with a short ``GAP_CHECK_SECONDS`` and the suite's Redis. Frames are
-written as the worker writes them (``history.append`` then ``group_send``, through
+Real uvicorn servers (one per channels_redis layer) with a short ``GAP_CHECK_SECONDS``, on a
+channel-layer Redis of this module's own: the faults below (killed connections, deleted
+keys) must not reach other tests' servers and workers. Frames are written as the worker
+writes them (``history.append`` then ``group_send``, through
 ``turbo_tasks.layers``); a *dropped* frame is one appended to the history whose group_send
 never happens, which is what every loss looks like from the socket.
 """
@@ -22,7 +24,15 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.test import override_settings
 
-from tests.helpers import Process, WsClient, open_websocket, start_asgi, test_env, wait_for
+from tests.helpers import (
+    Process,
+    WsClient,
+    open_websocket,
+    start_asgi,
+    start_redis,
+    test_env,
+    wait_for,
+)
 from tests.testapp.models import Room
 from turbo_tasks import history, layers
 
@@ -31,12 +41,60 @@ pytestmark = pytest.mark.django_db(transaction=True)
 GAP_CHECK_SECONDS = 1
 
 
+CORE = "channels_redis.core.RedisChannelLayer"
+PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
 @pytest.fixture(scope="module")
-def gap_asgi(redis_server: str, django_db_setup: None) -> Iterator[tuple[str, Process]]:
-    env = {**test_env(), "TURBO_TEST_TURBO_TASKS": json.dumps({"GAP_CHECK_SECONDS": 1})}
-    server, port = start_asgi("gaps", env=env, extra=("--ws", "websockets"))
+def gap_redis() -> Iterator[str]:
+    server, url = start_redis("gaps")
+    yield url
+    server.stop()
+
+
+def _start_gap_asgi(gap_redis: str, kind: str) -> tuple[Process, int]:
+    env = {
+        **test_env(),
+        "TURBO_TEST_CHANNEL_REDIS_URL": gap_redis,
+        "TURBO_TEST_CHANNEL_LAYER": kind,
+        "TURBO_TEST_TURBO_TASKS": json.dumps({"GAP_CHECK_SECONDS": GAP_CHECK_SECONDS}),
+    }
+    return start_asgi(f"gaps-{kind}", env=env, extra=("--ws", "websockets"))
+
+
+@pytest.fixture(scope="module")
+def gap_asgi(gap_redis: str, django_db_setup: None) -> Iterator[tuple[str, Process]]:
+    server, port = _start_gap_asgi(gap_redis, "core")
     yield f"ws://127.0.0.1:{port}/ws/turbo/", server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def pubsub_gap_server(gap_redis: str, django_db_setup: None) -> Iterator[str]:
+    server, port = _start_gap_asgi(gap_redis, "pubsub")
+    yield f"ws://127.0.0.1:{port}/ws/turbo/"
+    server.stop()
+
+
+def _layers(backend: str, url: str) -> dict:
+    return {
+        "default": {
+            "BACKEND": backend,
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 15}]},
+        }
+    }
+
+
+@pytest.fixture(autouse=True)
+def on_gap_redis(gap_redis: str) -> Iterator[None]:
+    """This process pushes (as a worker would) to the servers' channel layer."""
+    with override_settings(CHANNEL_LAYERS=_layers(CORE, gap_redis)):
+        yield
+
+
+@pytest.fixture
+def redis_client(gap_redis: str) -> redis.Redis:
+    return redis.Redis.from_url(gap_redis)
 
 
 @pytest.fixture
@@ -171,7 +229,7 @@ def test_gap_check_setting_is_validated():
 
 @pytest.mark.asyncio
 async def test_a_deaf_socket_gets_its_frames_by_repair_then_is_closed_to_reconnect(
-    redis_server, room, monkeypatch
+    room, monkeypatch
 ):
     # CPython #86296 on 3.10/3.11: a cancelled redis-py call can leave a consumer that
     # receives nothing from the channel layer, its socket open. Here its receive never returns.
@@ -238,3 +296,25 @@ def test_frames_dropped_over_capacity_reach_the_page_once_each(gap_asgi, room, c
         assert caplog.text.count("over capacity") >= 10  # 16 or 17: one pop was in flight
         frames = messages_until(client, "<p>20</p>")
     assert seqs(frames) == list(range(1, 21))
+
+
+def test_frames_published_while_the_pubsub_subscriber_reconnects_reach_the_page(
+    pubsub_gap_server, gap_redis, room, redis_client
+):
+    # channels_redis' pub/sub layer loses what is published while its subscriber connection
+    # is down (channels_redis#256); the gap check replays it, in order, each frame once.
+    with (
+        open_websocket(pubsub_gap_server) as conn,
+        override_settings(CHANNEL_LAYERS=_layers(PUBSUB, gap_redis)),
+    ):
+        client = WsClient(conn)
+        assert client.subscribe(room.stream.signed_name)["type"] == "subscribed"
+        group = room.stream.group_name
+        channel = f"asgi__group__{group}"
+        wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, 5, "the subscribe")
+        redis_client.client_kill_filter(_type="pubsub")  # only that server subscribes here
+        for number in range(1, 6):
+            push(group, f"<p>{number}</p>")
+        frames = messages_until(client, "<p>5</p>")
+    assert [f["html"] for f in frames] == [f"<p>{n}</p>" for n in range(1, 6)]
+    assert seqs(frames) == [1, 2, 3, 4, 5]

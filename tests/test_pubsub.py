@@ -118,26 +118,6 @@ def test_this_modules_server_and_worker_run_on_the_pubsub_layer(ws_client, room,
     assert "over pub/sub" in client.messages()
 
 
-def test_frames_published_while_the_subscriber_reconnects_reach_the_page(
-    ws_client, room, redis_client
-):
-    # channels_redis' pub/sub layer loses what is published while its subscriber connection
-    # is down (channels_redis#256); the gap check replays it, in order, each frame once.
-    client = ws_client()
-    assert client.subscribe(room.stream.signed_name)["type"] == "subscribed"
-    group, layer = room.stream.group_name, layers.get_layer()
-    channel = _compat.group_channel(layer, group)
-    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, 5, "the server to subscribe")
-    redis_client.client_kill_filter(_type="pubsub")
-    for number in range(1, 6):
-        layers.push(layer, [(group, f"<p>{number}</p>", None)])
-    start = len(client.frames)
-    client.wait(lambda f: f.get("html") == "<p>5</p>", 30)
-    frames = [f for f in client.frames[start:] if f["type"] == "message"]
-    assert [f["html"] for f in frames] == [f"<p>{n}</p>" for n in range(1, 6)]
-    assert [history.parse(f["offset"])[1] for f in frames] == [1, 2, 3, 4, 5]
-
-
 # -- both layers ---------------------------------------------------------------------------
 
 
