@@ -445,8 +445,10 @@ def stream_seq(channels: redis.Redis, group: str) -> int:
     """The stream's sequence number: frames appended to its history so far."""
     from channels.layers import get_channel_layer
 
-    prefix = get_channel_layer().prefix
-    return int(channels.hget(f"{prefix}:turbo_tasks:meta:{group}", "seq") or 0)
+    from turbo_tasks import history
+
+    meta, _ = history._keys(get_channel_layer(), group)
+    return int(channels.hget(meta, "seq") or 0)
 
 
 def spy(ctx: Any, pids: dict[str, int], label: str) -> list[subprocess.Popen[bytes]]:
