@@ -152,13 +152,17 @@ class LoopThread:
 _loop_thread: LoopThread | None = None
 
 
-def state(library: str, lock: threading.Lock) -> LoopThread:
-    """This process's loop thread, started on first use (``lock`` guards the start)."""
+# Made at import, after gevent/eventlet patched threading: it guards against greenlets.
+_start_lock = threading.Lock()
+
+
+def state(library: str) -> LoopThread:
+    """This process's loop thread, started on first use."""
     global _loop_thread
     state = _loop_thread
     if state is None or state.pid != os.getpid() or state.closed:
         # A forked child has no loop thread: it makes its own, on sockets of its own.
-        with lock:
+        with _start_lock:
             state = _loop_thread
             if state is None or state.pid != os.getpid() or state.closed:
                 state = _loop_thread = LoopThread(library)

@@ -54,8 +54,8 @@ class _Check:
             await asyncio.sleep(conf.get("GAP_CHECK_SECONDS") / 2)
             try:
                 await self.check()
-            except Exception:  # Redis down: the next check tries again
-                logger.exception("turbo_tasks: the gap check failed")
+            except Exception as exc:  # Redis down: the next check tries again
+                logger.warning("turbo_tasks: the gap check failed: %r", exc)
 
     async def check(self) -> None:
         consumers: list[Watched] = list(self.consumers)
@@ -98,10 +98,3 @@ def unwatch(consumer: Watched, layer: Any) -> None:
     check = _checks.get(asyncio.get_running_loop(), {}).get(id(layer))
     if check is not None:
         check.consumers.discard(consumer)
-
-
-async def check_now(layer: Any) -> None:
-    """Run this loop's check for ``layer`` at once (tests, and a layer that reconnected)."""
-    check = _checks.get(asyncio.get_running_loop(), {}).get(id(layer))
-    if check is not None:
-        await check.check()

@@ -5,10 +5,8 @@ every time (milliseconds per task). Instead each worker thread keeps one event l
 runs the channel-layer calls on it directly (no hand-off to another thread), so
 channels_redis keeps its connection pool between tasks.
 
-Under gevent and eventlet (Celery's ``-P gevent``/``-P eventlet``) tasks are greenlets
-sharing one OS thread, and a loop running in one of them would be seen by all the others:
-Django refuses their ORM calls then. There the process keeps one loop in a real OS thread
-of its own, and the calls are handed to it; the waiting greenlet lets the others run.
+Under gevent and eventlet the process keeps one loop in a real OS thread instead
+(turbo_tasks._green explains why).
 """
 
 from __future__ import annotations
@@ -64,7 +62,7 @@ _loops_lock = threading.Lock()
 def _state() -> _Local | _green.LoopThread:
     library = _green.library()
     if library is not None:
-        return _green.state(library, _loops_lock)
+        return _green.state(library)
     if _local.pid != os.getpid() or _local.loop.is_closed():
         # A forked child (Celery's prefork pool) must not share the parent's sockets.
         _local.pid, _local.loop, _local.seen = os.getpid(), asyncio.new_event_loop(), {}
@@ -105,10 +103,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return state.loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT_SECONDS))
     coro.close()
     raise RuntimeError("turbo_tasks delivers from synchronous code; use sync_to_async")
-
-
-# In a gather_bounded call on the shared (gevent/eventlet) bound: nested ones do not wait.
-_holds_slot = contextvars.ContextVar("turbo_tasks_holds_slot", default=False)
 
 
 def get_layer() -> Any:
@@ -206,6 +200,10 @@ def recheck(layer: Any, groups: list[str]) -> None:
                 for group in sorted(set(groups))
             )
         )
+
+
+# In a gather_bounded call on the shared (gevent/eventlet) bound: nested ones do not wait.
+_holds_slot = contextvars.ContextVar("turbo_tasks_holds_slot", default=False)
 
 
 async def gather_bounded(calls: Iterable[Awaitable[T]]) -> list[T]:
