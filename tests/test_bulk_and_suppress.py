@@ -14,7 +14,7 @@ from django.db import connection, connections, transaction
 import turbo_tasks as turbo
 from tests.testapp.models import Member, Message, Room, Unstreamed
 from turbo_tasks import streams
-from turbo_tasks.jobs import json_value
+from turbo_tasks.snapshots import json_value
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 

@@ -15,7 +15,7 @@ from tests.testapp.models import Message, Room
 from tests.testapp.streams import MessageStream
 from turbo_tasks import codec, delivery, jobs, layers, tasks
 from turbo_tasks.exceptions import DeliveryFailed, HookError, InvalidJob
-from turbo_tasks.jobs import snapshot
+from turbo_tasks.snapshots import snapshot
 from turbo_tasks.tasks import deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,7 +38,7 @@ def delete(message):
 
 
 def frames(jobs):
-    return [b.html for b in delivery.render(jobs).broadcasts]
+    return [b.html for b in delivery.run_hooks(jobs).broadcasts]
 
 
 def test_created_then_edited_in_one_transaction_is_one_append_of_the_latest_state(room):
@@ -79,7 +79,7 @@ def test_rows_gone_since_the_write_are_skipped_with_a_debug_log(room, caplog):
     job = save(message, created=True)
     Message.objects.filter(pk=message.pk).delete()
     with caplog.at_level(logging.DEBUG, logger="turbo_tasks"):
-        result = delivery.render([job])
+        result = delivery.run_hooks([job])
     assert result.broadcasts == []
     assert result.errors == []
     assert f"pk={message.pk} is gone" in caplog.text
@@ -108,7 +108,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
     message.delete()
     steps = delivery._plan([job], "default")
     steps[0].stream_class = Spy
-    delivery._run(steps[0], {}, "default", delivery.Delivery())
+    delivery._run_step(steps[0], {}, "default", delivery.Delivery())
     assert seen["pk"] == job["pk"]
     assert seen["room_id"] == room.pk
     assert seen["room"] == room
@@ -200,7 +200,7 @@ def test_delete_hook_sees_the_row_as_it_was(room):
 )
 def test_malformed_jobs_fail_at_once_naming_the_field(jobs, error):
     with pytest.raises(InvalidJob) as excinfo:
-        delivery.render(jobs)
+        delivery.run_hooks(jobs)
     assert str(excinfo.value).startswith(error)
 
 
@@ -233,7 +233,7 @@ def test_hook_error_still_delivers_the_other_rows(room, monkeypatch):
         original(self, message, created)
 
     monkeypatch.setattr(MessageStream, "on_save", on_save)
-    result = delivery.render([save(bad), save(good)])
+    result = delivery.run_hooks([save(bad), save(good)])
     assert [b.target for b in result.broadcasts] == [f"message-{good.pk}"]
     assert [(job["pk"], repr(exc)) for job, exc in result.errors] == [
         (bad.pk, "RuntimeError('template blew up')")
@@ -249,7 +249,7 @@ def test_database_error_inside_a_hook_is_retried_not_a_hook_error(room, monkeypa
 
     monkeypatch.setattr(MessageStream, "on_save", on_save)
     with pytest.raises(OperationalError):
-        delivery.render([save(message)])
+        delivery.run_hooks([save(message)])
 
 
 def test_database_error_while_rendering_a_template_is_retried(room, monkeypatch):
@@ -259,9 +259,9 @@ def test_database_error_while_rendering_a_template_is_retried(room, monkeypatch)
         raise OperationalError("the database went away mid-render")
 
     monkeypatch.setattr("turbo_tasks.rendering.render_frame", render_frame)
-    result = delivery.render([save(message, created=True)])
+    result = delivery.run_hooks([save(message, created=True)])
     with pytest.raises(OperationalError):
-        delivery.materialize(result.broadcasts, result.errors)
+        delivery.render_frames(result.broadcasts, result.errors)
 
 
 # -- convergence through the real worker --------------------------------------------------
@@ -427,19 +427,21 @@ def seen_update_fields(monkeypatch):
 
 def test_on_save_receives_update_fields_as_a_frozenset(room, seen_update_fields):
     message = Message.objects.create(room=room, text="x")
-    delivery.render([save(message, update_fields=["text"])])
+    delivery.run_hooks([save(message, update_fields=["text"])])
     assert seen_update_fields == [frozenset({"text"})]
 
 
 def test_on_save_receives_none_for_a_save_without_update_fields(room, seen_update_fields):
     message = Message.objects.create(room=room, text="x")
-    delivery.render([save(message)])
+    delivery.run_hooks([save(message)])
     assert seen_update_fields == [None]
 
 
 def test_coalesced_saves_get_the_union_of_their_update_fields(room, seen_update_fields):
     message = Message.objects.create(room=room, text="x")
-    delivery.render([save(message, update_fields=["text"]), save(message, update_fields=["room"])])
+    delivery.run_hooks(
+        [save(message, update_fields=["text"]), save(message, update_fields=["room"])]
+    )
     assert seen_update_fields == [frozenset({"text", "room"})]
 
 
@@ -448,13 +450,13 @@ def test_coalesced_saves_get_none_when_any_save_named_no_fields(room, seen_updat
     message = Message.objects.create(room=room, text="x")
     jobs = [save(message, update_fields=["text"]), save(message, update_fields=["text"])]
     del jobs[which]["update_fields"]
-    delivery.render(jobs)
+    delivery.run_hooks(jobs)
     assert seen_update_fields == [None]
 
 
 def test_save_after_a_delete_keeps_only_its_own_update_fields(room, seen_update_fields):
     message = Message.objects.create(room=room, text="x")
-    delivery.render([save(message), delete(message), save(message, update_fields=["text"])])
+    delivery.run_hooks([save(message), delete(message), save(message, update_fields=["text"])])
     assert seen_update_fields == [frozenset({"text"})]
 
 
@@ -462,7 +464,7 @@ def test_save_after_a_delete_keeps_only_its_own_update_fields(room, seen_update_
 def test_malformed_update_fields_is_an_invalid_job(room, bad):
     message = Message.objects.create(room=room, text="x")
     with pytest.raises(InvalidJob, match="job 0: 'update_fields' must be a list of field names"):
-        delivery.render([save(message, update_fields=bad)])
+        delivery.run_hooks([save(message, update_fields=bad)])
 
 
 def test_on_save_without_kwargs_still_runs(room, monkeypatch):
@@ -473,7 +475,7 @@ def test_on_save_without_kwargs_still_runs(room, monkeypatch):
         seen.append((message.pk, created))
 
     monkeypatch.setattr(MessageStream, "on_save", on_save)
-    assert delivery.render([save(message, created=True)]).errors == []
+    assert delivery.run_hooks([save(message, created=True)]).errors == []
     assert seen == [(message.pk, True)]
 
 
@@ -481,7 +483,7 @@ def test_on_save_without_kwargs_still_runs(room, monkeypatch):
 
 
 def render_recording_rooms(jobs_, *, run_hook=False):
-    """``delivery.render(jobs_)`` with MessageStream.on_delete recording ``(message.room,
+    """``delivery.run_hooks(jobs_)`` with MessageStream.on_delete recording ``(message.room,
     message.room_id)`` as each hook sees them (then running the real hook if ``run_hook``).
     Returns the result, the queries render made, and those pairs."""
     seen = []
@@ -494,7 +496,7 @@ def render_recording_rooms(jobs_, *, run_hook=False):
 
     with pytest.MonkeyPatch.context() as patch, CaptureQueriesContext(connections["default"]) as q:
         patch.setattr(MessageStream, "on_delete", spy)
-        result = delivery.render(jobs_)
+        result = delivery.run_hooks(jobs_)
     return result, q.captured_queries, seen
 
 

@@ -10,7 +10,7 @@ from django.test import Client, RequestFactory
 
 import turbo_tasks as turbo
 from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream
-from turbo_tasks.rendering import turbo_stream
+from turbo_tasks.markup import turbo_stream
 
 TURBO_ACCEPT = "text/vnd.turbo-stream.html, text/html, application/xhtml+xml"
 

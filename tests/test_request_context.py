@@ -14,12 +14,12 @@ from django.utils import timezone, translation
 
 from tests.testapp.models import Notice, Room
 from tests.testapp.streams import NoticeStream, RoomStream
-from turbo_tasks import delivery, request_context
+from turbo_tasks import delivery, request_context, signing
 from turbo_tasks.exceptions import InvalidJob
-from turbo_tasks.rendering import turbo_stream
+from turbo_tasks.markup import turbo_stream
 
 MIDNIGHT_UTC = datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
-SOCKET = request_context.new_socket_id(None)  # an anonymous user's socket
+SOCKET = signing.new_socket_id(None)  # an anonymous user's socket
 REQUEST_ID = "6f1c2d9e-0b7a-4c1e-9a55-3e8f0d2b7c41"
 
 
@@ -75,7 +75,7 @@ def test_a_request_may_name_only_a_socket_of_its_own_user(broker):
     ann, bob = User.objects.create_user("ann"), User.objects.create_user("bob")
     client = Client()
     client.force_login(ann)
-    sockets = [request_context.new_socket_id(ann.pk), request_context.new_socket_id(bob.pk)]
+    sockets = [signing.new_socket_id(ann.pk), signing.new_socket_id(bob.pk)]
     for socket in [*sockets, SOCKET]:
         client.post(
             f"/rooms/{room.pk}/notices/",
@@ -84,9 +84,9 @@ def test_a_request_may_name_only_a_socket_of_its_own_user(broker):
         )
     # Ann's own socket counts; Bob's (stolen) and an anonymous one are ignored.
     assert [job.get("request") for job in broker.jobs()] == [{"sender": sockets[0]}, None, None]
-    assert request_context.socket_of(sockets[1], bob.pk) == sockets[1]
+    assert signing.socket_of(sockets[1], bob.pk) == sockets[1]
     forged = sockets[1][:-1] + ("1" if sockets[1].endswith("0") else "0")
-    assert request_context.socket_of(forged, bob.pk) is None
+    assert signing.socket_of(forged, bob.pk) is None
 
 
 @pytest.mark.django_db
@@ -104,7 +104,7 @@ def test_a_request_may_name_only_a_socket_of_its_own_user(broker):
 def test_a_malformed_request_object_fails_the_job_naming_it(request_object, error):
     job = {"action": "save", "model": "testapp.room", "pk": 1, "created": True}
     with pytest.raises(InvalidJob) as excinfo:
-        delivery.render([{**job, "request": request_object}])
+        delivery.run_hooks([{**job, "request": request_object}])
     assert str(excinfo.value).startswith(error)
 
 
@@ -117,8 +117,8 @@ def test_hooks_and_templates_run_in_the_jobs_language_and_time_zone():
     notice = Notice.objects.create(room=room, at=MIDNIGHT_UTC)
     job = {"action": "save", "model": "testapp.notice", "pk": notice.pk, "created": True}
     french = {"language": "fr", "time_zone": "Asia/Tokyo"}
-    result = delivery.render([{**job, "request": french}, {**job, "pk": notice.pk}])
-    frames = delivery.materialize(result.broadcasts, result.errors)
+    result = delivery.run_hooks([{**job, "request": french}, {**job, "pk": notice.pk}])
+    frames = delivery.render_frames(result.broadcasts, result.errors)
     assert result.errors == []
     # One row, two jobs: coalesced, the last job's context wins (it has none: defaults).
     assert [html for _, html, _ in frames] == [
@@ -127,8 +127,8 @@ def test_hooks_and_templates_run_in_the_jobs_language_and_time_zone():
         '<turbo-stream action="update" target="notice"><template>'
         f'<p id="notice-{notice.pk}">Yes {default_time()}</p></template></turbo-stream>',
     ]
-    result = delivery.render([{**job, "request": french}])
-    frames = delivery.materialize(result.broadcasts, result.errors)
+    result = delivery.run_hooks([{**job, "request": french}])
+    frames = delivery.render_frames(result.broadcasts, result.errors)
     assert f'<p id="notice-{notice.pk}">Oui 09:00</p>' in frames[0][1]
     # Nothing stays activated in the worker's thread.
     assert translation.get_language() == settings.LANGUAGE_CODE
@@ -140,7 +140,7 @@ def test_exclude_sender_per_action_and_by_the_streams_meta():
     room = Room.objects.create(name="r")
     notice = Notice.objects.create(room=room, at=MIDNIGHT_UTC)
     job = {"action": "save", "model": "testapp.notice", "pk": notice.pk, "created": True}
-    result = delivery.render([{**job, "request": {"sender": SOCKET}}])
+    result = delivery.run_hooks([{**job, "request": {"sender": SOCKET}}])
     # The room's append asks (exclude_sender=True), the notice's update follows its Meta.
     assert [b.exclude for b in result.broadcasts] == [SOCKET, SOCKET]
     assert RoomStream.exclude_sender is False
@@ -158,10 +158,10 @@ def test_exclude_sender_per_action_and_by_the_streams_meta():
             }
             for extra in ({"exclude_sender": True}, {})
         ]
-    excluded = delivery.render(deferred).broadcasts
+    excluded = delivery.run_hooks(deferred).broadcasts
     assert [b.exclude for b in excluded] == [SOCKET, None]
     # Without a sender there is nobody to exclude.
-    assert [b.exclude for b in delivery.render([job]).broadcasts] == [None, None]
+    assert [b.exclude for b in delivery.run_hooks([job]).broadcasts] == [None, None]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -210,7 +210,7 @@ def test_refresh_frames_carry_the_turbo_request_id(broker):
     assert refresh["turbo_action"] == "refresh"
     assert "target" not in refresh
     assert morph["method"] == "morph"
-    frames = delivery.materialize(*_render([refresh, morph]))
+    frames = delivery.render_frames(*_render([refresh, morph]))
     assert [html for _, html, _ in frames] == [
         f'<turbo-stream action="refresh" request-id="{REQUEST_ID}"></turbo-stream>',
         '<turbo-stream action="replace" method="morph" target="room"><template>t'
@@ -221,7 +221,7 @@ def test_refresh_frames_carry_the_turbo_request_id(broker):
 
 
 def _render(jobs):  # type: ignore[no-untyped-def]
-    result = delivery.render(jobs)
+    result = delivery.run_hooks(jobs)
     return result.broadcasts, result.errors
 
 
@@ -299,9 +299,11 @@ def test_merged_rows_keep_a_sender_only_when_every_job_had_it():
     [{"time_zone": "A/" * 500 + "b"}, {"time_zone": "../etc/passwd"}, {"language": "a" * 40}],
 )
 def test_odd_values_are_invalid_jobs_not_crashes(request_object):
-    from turbo_tasks.request_context import problem
+    from turbo_tasks.jobs import validate
 
-    assert problem(request_object) is not None
+    job = {"action": "save", "model": "testapp.message", "pk": 1, "created": True}
+    with pytest.raises(InvalidJob, match="job 0: 'request': "):
+        validate([{**job, "request": request_object}])
 
 
 def test_an_unsupported_language_falls_back_to_the_default():

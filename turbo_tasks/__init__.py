@@ -12,9 +12,10 @@ Declare streams in ``<app>/streams.py``::
 from typing import TYPE_CHECKING, Any
 
 from turbo_tasks.bulk import deleted, saved
-from turbo_tasks.rendering import ACTIONS, Broadcast
-from turbo_tasks.signals import suppress
+from turbo_tasks.markup import ACTIONS
+from turbo_tasks.rendering import Broadcast
 from turbo_tasks.streams import ModelStream, Stream
+from turbo_tasks.suppression import suppress
 
 if TYPE_CHECKING:
     from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream

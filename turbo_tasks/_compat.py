@@ -40,6 +40,16 @@ def last_on_commit_callback(connection: Any) -> Callable[[], Any] | None:
     return pending[-1][1] if pending else None
 
 
+# -- Django: a queryset's write routing ------------------------------------------------------
+
+
+def queryset_routing(queryset: Any) -> tuple[str | None, dict[str, Any]]:
+    """The alias ``.using()`` set on ``queryset`` (None if none) and its routers' hints: what
+    ``QuerySet.update()``/``delete()`` pass to ``router.db_for_write`` (``QuerySet._db`` and
+    ``._hints``, which django-stubs does not declare)."""
+    return getattr(queryset, "_db", None), dict(getattr(queryset, "_hints", {}))
+
+
 # -- channels_redis: where a group lives --------------------------------------------------
 #
 # Both layers channels_redis ships are supported. RedisChannelLayer keeps a group as a

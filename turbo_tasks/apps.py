@@ -16,4 +16,4 @@ class TurboTasksConfig(AppConfig):
 
         checks.register()
         registry.autodiscover()
-        signals.connect_receivers(registry.registry.model_streams())
+        signals.connect_receivers()

@@ -14,8 +14,11 @@ from typing import Any
 
 from django.db import models, router
 
-from turbo_tasks import signals
+from turbo_tasks import _compat
+from turbo_tasks.batching import enqueue_all
 from turbo_tasks.jobs import Job, delete_job, save_job
+from turbo_tasks.registry import registry
+from turbo_tasks.suppression import suppressed
 
 Rows = models.QuerySet[Any] | Iterable[models.Model]
 
@@ -35,21 +38,21 @@ def saved(objs: Rows, created: bool = False) -> None:
     whose stream does not override ``on_save`` are skipped, as their saves are. Nothing is
     recorded inside ``turbo.suppress()``.
     """
-    if signals.suppressed():
+    if suppressed():
         return
     if isinstance(objs, models.QuerySet):
-        if objs.model not in signals.save_models:
+        if not registry.broadcasts_saves(objs.model):
             return
         using = _write_alias(objs)
         rows = _fresh(objs, using).only(objs.model._meta.pk.attname)
-        signals.enqueue_all([save_job(row, created) for row in rows], using)
+        enqueue_all([save_job(row, created) for row in rows], using)
         return
     by_alias: dict[str, list[Job]] = {}
     for obj in _instances(objs, "saved"):
-        if type(obj) in signals.save_models:
+        if registry.broadcasts_saves(type(obj)):
             by_alias.setdefault(_instance_alias(obj), []).append(save_job(obj, created))
     for using, jobs in by_alias.items():
-        signals.enqueue_all(jobs, using)
+        enqueue_all(jobs, using)
 
 
 def deleted(objs: Rows) -> None:
@@ -67,32 +70,30 @@ def deleted(objs: Rows) -> None:
     stream does not override ``on_delete`` are skipped. Nothing is recorded inside
     ``turbo.suppress()``.
     """
-    if signals.suppressed():
+    if suppressed():
         return
     if isinstance(objs, models.QuerySet):
-        attnames = signals.snapshot_attnames.get(objs.model)
+        attnames = registry.snapshot_attnames(objs.model)
         if attnames is None:
             return
         using = _write_alias(objs)
         rows = _fresh(objs, using).only(*attnames)
-        signals.enqueue_all([delete_job(row, attnames) for row in rows], using)
+        enqueue_all([delete_job(row, attnames) for row in rows], using)
         return
     by_alias: dict[str, list[Job]] = {}
     for obj in _instances(objs, "deleted"):
-        attnames = signals.snapshot_attnames.get(type(obj))
+        attnames = registry.snapshot_attnames(type(obj))
         if attnames is not None:
             by_alias.setdefault(_instance_alias(obj), []).append(delete_job(obj, attnames))
     for using, jobs in by_alias.items():
-        signals.enqueue_all(jobs, using)
+        enqueue_all(jobs, using)
 
 
 def _write_alias(queryset: models.QuerySet[Any]) -> str:
     # The alias update() and delete() write to; queryset.db is the *read* alias unless the
     # queryset is already marked for writing, and a read replica may not see this transaction.
-    # (QuerySet._db and ._hints: what .using() set and the routers' hints, as update() reads
-    # them; django-stubs does not declare them.)
-    chosen: str | None = getattr(queryset, "_db", None)
-    return chosen or router.db_for_write(queryset.model, **getattr(queryset, "_hints", {}))
+    chosen, hints = _compat.queryset_routing(queryset)
+    return chosen or router.db_for_write(queryset.model, **hints)
 
 
 def _fresh(queryset: models.QuerySet[Any], using: str) -> models.QuerySet[Any]:

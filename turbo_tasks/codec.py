@@ -14,7 +14,7 @@ from django.apps import apps
 from django.db import models
 
 from turbo_tasks.exceptions import InvalidJob
-from turbo_tasks.jobs import check_pk, json_value
+from turbo_tasks.snapshots import check_pk, json_value
 
 # A model instance travels as {MODEL_KEY: "app.model", "pk": …}. A user's dict that uses a
 # reserved key travels wrapped as {DICT_KEY: {…}}, so it is never read as a row reference.

@@ -11,7 +11,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from turbo_tasks import _compat, conf, gaps, history, permissions, request_context, signing
+from turbo_tasks import _compat, conf, gaps, history, permissions, signing
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.gaps import Mark
 
@@ -118,7 +118,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # it (X-Turbo-Tasks-Socket) keep frames sent with exclude_sender from this socket.
         user = self.scope.get("user")
         user_pk = user.pk if getattr(user, "is_authenticated", False) else None
-        self.socket_id = request_context.new_socket_id(user_pk)
+        self.socket_id = signing.new_socket_id(user_pk)
         await super().connect()
         await self._reply("hello", socket_id=self.socket_id)
 

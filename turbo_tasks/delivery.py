@@ -1,7 +1,10 @@
 """The fan-out: turn jobs into ``<turbo-stream>`` frames and push them to Channels groups.
 
 Runs in the Celery worker (``turbo_tasks.deliver``) and, in-process, in
-``turbo_tasks.testing``. It is the only place that renders stream templates.
+``turbo_tasks.testing``: ``run_hooks`` validates and coalesces the jobs, reloads the rows
+and runs the ModelStream hooks, collecting the frames they send; ``render_frames`` renders
+those of streams with subscribers; ``deliver`` does both and pushes them. The only other
+place that renders stream templates is a view's response (turbo_tasks.http).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from turbo_tasks import codec, layers, refreshes, request_context, signing
+from turbo_tasks import codec, layers, refreshes, request_context, signing, snapshots
 from turbo_tasks import jobs as job_format
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, HookError, InvalidJob
 from turbo_tasks.jobs import BroadcastJob, RecheckJob
@@ -85,7 +88,7 @@ def _plan(jobs: Any, using: str) -> list[Step]:
             steps.append(job)
             continue
         model, stream_class = _model_stream(job["model"], where)
-        pk = job_format.check_pk(model, job["pk"], f"{where}: 'pk'", using)
+        pk = snapshots.check_pk(model, job["pk"], f"{where}: 'pk'", using)
         step = rows.get((model._meta.label_lower, pk))
         if step is None:
             step = rows[(model._meta.label_lower, pk)] = _RowStep(model, stream_class, pk)
@@ -95,7 +98,7 @@ def _plan(jobs: Any, using: str) -> list[Step]:
             step.request = request_context.merged(step.request, job.get("request"))
         if job["action"] == "delete":
             step.created = None
-            step.deleted = job_format.rebuild(model, job["fields"], where, using)
+            step.deleted = snapshots.rebuild(model, job["fields"], where, using)
         else:
             names = job.get("update_fields")
             fields = None if names is None else frozenset(names)
@@ -179,9 +182,9 @@ def _link_deleted(steps: list[Step], using: str) -> None:
 # -- running ------------------------------------------------------------------------------
 
 
-def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
-    """Run the hooks for ``jobs`` and collect every frame they send (rendered when first
-    read, see materialize). Touches no channel layer. Raises InvalidJob for a malformed
+def run_hooks(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
+    """Run the hooks for ``jobs`` and collect every frame they send, unrendered (see
+    render_frames). Touches no channel layer. Raises InvalidJob for a malformed
     payload before running any hook."""
     steps = _plan(jobs, using)
     rows = _reload(steps, using)
@@ -191,7 +194,7 @@ def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
     try:
         for step in steps:
             try:
-                _run(step, rows, using, result)
+                _run_step(step, rows, using, result)
             except TRANSIENT_ERRORS:
                 # E.g. a lazy foreign-key load while the database restarts: the whole task
                 # is retried, as for a failed reload (a frame sent twice is harmless).
@@ -209,7 +212,9 @@ def render(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> Delivery:
     return result
 
 
-def _run(step: Step, rows: dict[tuple[type, Any], models.Model], using: str, out: Delivery) -> None:
+def _run_step(
+    step: Step, rows: dict[tuple[type, Any], models.Model], using: str, out: Delivery
+) -> None:
     if isinstance(step, dict):
         if step["action"] == "recheck":
             out.rechecks.append(signing.group_name(step["stream"]))
@@ -235,10 +240,10 @@ def _run(step: Step, rows: dict[tuple[type, Any], models.Model], using: str, out
     # The hooks run as the request that made the change did: its language, time zone and
     # sender; so do the actions they send (Broadcast captures it).
     with request_context.activated(step.request):
-        _run_hooks(step, rows)
+        _call_hooks(step, rows)
 
 
-def _run_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> None:
+def _call_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> None:
     stream_class = step.stream_class
     if step.deleted is not None:
         stream_class(step.deleted).on_delete(step.deleted)
@@ -260,57 +265,6 @@ def _run_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> No
             stream_class(row).refresh(debounce=True)
 
 
-def _debounce(layer: Any, broadcasts: list[Broadcast], subscribed: set[str]) -> list[Broadcast]:
-    """The broadcasts to push now, of those for ``subscribed`` groups: a debounced refresh
-    opens its stream's window, and the trailing refreshes of the windows this task opened
-    are scheduled in one message (a refresh finding its window open is dropped); a trailing
-    refresh closes its window (subscribed or not) and takes the request id and sender its
-    refreshes shared. The Redis calls run concurrently."""
-    if not layers.can_debounce(layer) or not any(b.debounce or b.trailing for b in broadcasts):
-        # No refresh to debounce (or, e.g. on the in-memory layer, no way to: all are sent).
-        return [b for b in broadcasts if b.group in subscribed]
-    trailing = [(b, token) for b in broadcasts if (token := b.trailing) is not None]
-    closed = layers.run(
-        layers.gather_bounded(refreshes.close_window(layer, b.group, t) for b, t in trailing)
-    )
-    for (b, _), (rid, sender) in zip(trailing, closed, strict=True):
-        b.request = {k: v for k, v in (("request_id", rid), ("sender", sender)) if v}
-    deferred = [b for b in broadcasts if b.debounce and b.trailing is None]
-    opening = [b for b in deferred if b.group in subscribed]
-    tokens = layers.run(
-        layers.gather_bounded(
-            refreshes.open_window(layer, b.group, b.request.get("request_id"), b.exclude)
-            for b in opening
-        )
-    )
-    opened = [(b, token) for b, token in zip(opening, tokens, strict=True) if token]
-    held = {id(b) for b in deferred}
-    if opened:
-        try:
-            refreshes.schedule([_trailing_job(b, token) for b, token in opened])
-        except Exception:
-            logger.exception("turbo_tasks: could not schedule debounced refreshes")
-            layers.run(
-                layers.gather_bounded(
-                    refreshes.close_window(layer, b.group, token) for b, token in opened
-                )
-            )
-            held -= {id(b) for b, _ in opened}  # send them now rather than never
-    return [b for b in broadcasts if b.group in subscribed and id(b) not in held]
-
-
-def _trailing_job(b: Broadcast, token: str) -> BroadcastJob:
-    job: BroadcastJob = {
-        "action": "broadcast",
-        "stream": b.stream.ref(),
-        "turbo_action": "refresh",
-        "trailing": token,
-    }
-    if b.exclude is not None:
-        job["exclude_sender"] = True
-    return job
-
-
 @functools.cache
 def _takes_update_fields(hook: Callable[..., Any]) -> bool:
     """Whether an ``on_save`` accepts ``update_fields=`` (by name or ``**kwargs``): hooks
@@ -319,7 +273,7 @@ def _takes_update_fields(hook: Callable[..., Any]) -> bool:
     return any(p.kind is p.VAR_KEYWORD or p.name == "update_fields" for p in parameters)
 
 
-def materialize(
+def render_frames(
     broadcasts: list[Broadcast], errors: list[tuple[Any, BaseException]]
 ) -> list[layers.Frame]:
     """Render the frames as ``(group, html, socket id to skip)``; a template that fails is
@@ -340,10 +294,10 @@ def deliver(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> int:
     """Run the hooks for ``jobs``, render the frames of streams that have subscribers and
     push them; return the number of frames sent. Frames from hooks that succeeded are
     pushed even when another hook failed; then HookError is raised."""
-    result = render(jobs, using)
+    result = run_hooks(jobs, using)
     layer = layers.get_layer()
     subscribed = layers.groups_with_subscribers(layer, {b.group for b in result.broadcasts})
-    frames = materialize(_debounce(layer, result.broadcasts, subscribed), result.errors)
+    frames = render_frames(refreshes.debounce(layer, result.broadcasts, subscribed), result.errors)
     layers.push(layer, frames)
     layers.recheck(layer, result.rechecks)
     if result.errors:

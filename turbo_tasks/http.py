@@ -54,7 +54,7 @@ class TurboStreamResponse(HttpResponse):
         TurboStreamResponse(request, status=422).replace("form.html", {"form": form}, id="f")
 
     ``frames`` are ``<turbo-stream>`` elements rendered already, e.g. by
-    ``turbo_tasks.rendering.turbo_stream()``; actions add theirs after them.
+    ``turbo_tasks.markup.turbo_stream()``; actions add theirs after them.
     """
 
     def __init__(

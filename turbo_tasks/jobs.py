@@ -14,38 +14,42 @@ A job is a small JSON object, readable in Flower and re-runnable from it::
 
 Any job may carry ``request`` (turbo_tasks.request_context). Everything here is pure data
 handling: building jobs, validating untrusted ones (a task's arguments may have been edited
-by hand), delete snapshots. The template-context codec is turbo_tasks.codec.
+by hand) and masking secrets for display. The bottom layer of the package: it imports
+only other bottom modules (signing, markup, snapshots, exceptions). Delete snapshots are
+turbo_tasks.snapshots, the template-context codec is turbo_tasks.codec.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
+import zoneinfo
 from collections.abc import Collection
 from typing import Any, Literal, TypedDict
 
-from django.core.exceptions import ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, models
-from django.db.models.base import DEFERRED
+from django.db import models
 
+from turbo_tasks import markup
 from turbo_tasks.exceptions import InvalidJob
+from turbo_tasks.signing import StreamRef, token
+from turbo_tasks.snapshots import REDACTED, is_secret, json_value, snapshot
 
+# The Celery task every job travels in: ``turbo_tasks.deliver(jobs, using=..., outbox=...)``.
+TASK_NAME = "turbo_tasks.deliver"
 # Far above what a publisher sends (MAX_JOBS_PER_MESSAGE); a bound for hand-edited args.
 MAX_JOBS_PER_TASK = 100_000
 
 
-class StreamRef(TypedDict):
-    """A stream's identity as it travels in jobs and signed names."""
-
-    stream: str
-    args: list[Any]
-    kwargs: dict[str, Any]
+# A job's ``request`` (turbo_tasks.request_context): what it keeps of the request that
+# caused it.
+LOCALE_KEYS = ("language", "time_zone")  # restored with translation/timezone.override
+ORIGIN_KEYS = ("sender", "request_id")  # which page and which Turbo request
+REQUEST_KEYS = LOCALE_KEYS + ORIGIN_KEYS
+_LANGUAGE = re.compile(r"[A-Za-z]{1,8}(?:[-_@][A-Za-z0-9]{1,8})*")
+_TIME_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+){0,2}")
 
 
 class _AnyJob(TypedDict, total=False):
-    request: dict[str, str]  # language, time_zone, sender, request_id
+    request: dict[str, str]  # REQUEST_KEYS
 
 
 class _RowJob(_AnyJob):
@@ -91,13 +95,6 @@ class RecheckJob(_AnyJob):
 
 
 Job = SaveJob | DeleteJob | BroadcastJob | RecheckJob
-
-
-def json_value(value: Any) -> Any:
-    """Return ``value`` as JSON primitives (UUIDs, dates, Decimals become strings)."""
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        return value
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
 # -- builders ----------------------------------------------------------------------------
@@ -160,123 +157,22 @@ def broadcast_job(
     return job
 
 
-# -- delete snapshots --------------------------------------------------------------------
-
-# Field names that hold credentials: left out of delete snapshots unless a stream's Meta
-# asks for them, and masked wherever jobs are shown (Flower's args, error logs).
-_SECRET_NAME = re.compile(
-    r"(?:^|_)(?:password|passwd|passphrase|secret|token|api_?key|private_?key|signature|"
-    r"salt|otp|totp)s?(?:_|$)",
-    re.IGNORECASE,
-)
-REDACTED = "********"
+def recheck_job(ref: StreamRef) -> RecheckJob:
+    return {"action": "recheck", "stream": ref}
 
 
-def is_secret(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
-
-
-def snapshot_attnames(
-    model: type[models.Model], fields: Any = None, exclude: Any = None
-) -> tuple[str, ...]:
-    """The attnames a delete snapshot of ``model`` holds, from a ModelStream's
-    ``Meta.snapshot_fields`` (field names, or ``"__all__"``) and ``Meta.snapshot_exclude``.
-
-    By default every concrete field except those named like secrets (``password``,
-    ``api_token``, …). The primary key is always kept. Raises ValueError naming an
-    unknown field.
-    """
-    concrete = {f.name: f for f in model._meta.concrete_fields}
-    concrete.update({f.attname: f for f in model._meta.concrete_fields})
-    for option, names in (("snapshot_fields", fields), ("snapshot_exclude", exclude)):
-        if names is None or names == "__all__":
-            continue
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"Meta.{option} must be a list of field names, not {names!r}.")
-        unknown = [n for n in names if n not in concrete]
-        if unknown:
-            raise ValueError(
-                f"Meta.{option} names unknown field(s) of {model._meta.label}: "
-                f"{', '.join(unknown)}; concrete fields are: "
-                f"{', '.join(f.name for f in model._meta.concrete_fields)}."
-            )
-    if fields is None:
-        chosen = [f for f in model._meta.concrete_fields if not is_secret(f.name)]
-    elif fields == "__all__":
-        chosen = list(model._meta.concrete_fields)
-    else:
-        wanted = {concrete[n].attname for n in fields}
-        chosen = [f for f in model._meta.concrete_fields if f.attname in wanted]
-    dropped = {concrete[n].attname for n in exclude or ()}
-    attnames = [f.attname for f in chosen if f.attname not in dropped]
-    if model._meta.pk.attname not in attnames:
-        attnames.insert(0, model._meta.pk.attname)
-    return tuple(attnames)
-
-
-def snapshot(instance: models.Model, attnames: Collection[str]) -> dict[str, Any]:
-    """The values of ``attnames`` as JSON primitives."""
-    values = {}
-    for field in instance._meta.concrete_fields:
-        if field.attname not in attnames:
-            continue
-        value = field.value_from_object(instance)
-        try:
-            values[field.attname] = json_value(value)
-        except TypeError:
-            # bytes and other values JSON cannot hold: the field's own string form.
-            values[field.attname] = field.value_to_string(instance)
-    return values
-
-
-def check_pk(model: type[models.Model], value: Any, where: str, using: str) -> Any:
-    """``value`` as ``model``'s pk, or InvalidJob naming ``where``."""
-    if type(value) not in (int, str):
-        raise InvalidJob(f"{where}: must be an integer or a string, not {value!r}")
-    return _to_python(model._meta.pk, value, where, using)
-
-
-def rebuild(
-    model: type[models.Model], fields: dict[str, Any], where: str, using: str
-) -> models.Model:
-    """The deleted row as it was, from its snapshot; fields not in it are deferred (and
-    would be loaded from the database, where the row no longer is). InvalidJob names a
-    value that does not fit its field."""
-    names, values = [], []
-    for f in model._meta.concrete_fields:
-        names.append(f.attname)
-        if f.attname in fields:
-            values.append(_to_python(f, fields[f.attname], f"{where}: 'fields.{f.attname}'", using))
-        else:
-            values.append(DEFERRED)
-    return model.from_db(using, names, values)
-
-
-def _to_python(field: Any, value: Any, where: str, using: str) -> Any:
-    if value is None:
-        if field.primary_key:
-            raise InvalidJob(f"{where}: the primary key cannot be null")
-        return None
-    target = field
-    while target.is_relation:  # a foreign key holds its target's pk
-        target = target.target_field
-    try:
-        python = target.to_python(value)
-    except (ValidationError, TypeError, ValueError) as exc:
-        why = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        raise InvalidJob(f"{where}: {value!r} does not fit {_label(target)}: {why}") from None
-    if isinstance(python, int) and not isinstance(python, bool):
-        low: int | None = None
-        high: int | None = None
-        with contextlib.suppress(KeyError):  # KeyError: not an integer column
-            low, high = connections[using].ops.integer_field_range(target.get_internal_type())
-        if (low is not None and python < low) or (high is not None and python > high):
-            raise InvalidJob(f"{where}: {python} is out of range for {_label(target)}")
-    return python
-
-
-def _label(field: Any) -> str:
-    return f"{field.model._meta.label}.{field.name} ({field.get_internal_type()})"
+def trailing_refresh_job(ref: StreamRef, token: str, exclude_sender: bool) -> BroadcastJob:
+    """The delayed refresh that closes the debounce window ``token`` opened
+    (turbo_tasks.refreshes)."""
+    job: BroadcastJob = {
+        "action": "broadcast",
+        "stream": ref,
+        "turbo_action": "refresh",
+        "trailing": token,
+    }
+    if exclude_sender:
+        job["exclude_sender"] = True
+    return job
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -311,11 +207,9 @@ def validate_outbox(ids: Any) -> list[int] | None:
 
 
 def _check(job: Any, where: str) -> None:
-    from turbo_tasks.request_context import problem
-
     if not isinstance(job, dict):
         raise InvalidJob(f"{where}: must be an object, not {type(job).__name__}")
-    if "request" in job and (why := problem(job["request"])) is not None:
+    if "request" in job and (why := _request_problem(job["request"])) is not None:
         raise InvalidJob(f"{where}: 'request': {why}")
     action = job.get("action")
     if action in ("save", "delete"):
@@ -346,31 +240,52 @@ def _check(job: Any, where: str) -> None:
 
 
 def _check_broadcast(job: dict[str, Any], where: str) -> None:
-    from turbo_tasks.rendering import check_action
-
     action = job.get("turbo_action", "")
     try:
-        check_action(action)
+        markup.check_action(action)
     except ValueError as exc:
         raise InvalidJob(f"{where}: 'turbo_action': {exc}") from None
-    targets = [job.get(k) for k in ("target", "targets") if k in job]
-    if action == "refresh":
-        if targets or "template" in job or "text" in job:
-            raise InvalidJob(f"{where}: a refresh takes no target, template or text")
-    elif len(targets) != 1 or not isinstance(targets[0], str):
-        raise InvalidJob(f"{where}: needs one string 'target' or 'targets'")
-    for key in ("template", "text", "trailing"):
+    for key in ("target", "targets", "template", "text", "trailing"):
         if key in job and not isinstance(job[key], str):
             raise InvalidJob(f"{where}: {key!r} must be a string")
     for key in ("exclude_sender", "debounce"):
         if not isinstance(job.get(key, False), bool):
             raise InvalidJob(f"{where}: {key!r} must be true or false")
-    if "method" in job and (job["method"] != "morph" or action not in ("replace", "update")):
-        raise InvalidJob(f"{where}: 'method' can only be \"morph\", on replace or update")
-    if action != "refresh" and ("debounce" in job or "trailing" in job):
-        raise InvalidJob(f"{where}: only a refresh can be debounced")
     if not isinstance(job.get("context", {}), dict):
         raise InvalidJob(f"{where}: 'context' must be an object")
+    if action != "refresh" and ("debounce" in job or "trailing" in job):
+        raise InvalidJob(f"{where}: only a refresh can be debounced")
+    try:
+        markup.check_frame(action, job.get("target"), job.get("targets"), job.get("method"))
+        markup.check_content(action, "template" in job, "text" in job)
+    except ValueError as exc:
+        raise InvalidJob(f"{where}: {exc}") from None
+
+
+def _request_problem(request: Any) -> str | None:
+    """What is wrong with a job's ``request`` object (None when it is usable)."""
+    if not isinstance(request, dict):
+        return "must be an object"
+    for key, value in request.items():
+        if key not in REQUEST_KEYS:
+            return f"unknown key {key!r} (known: {', '.join(REQUEST_KEYS)})"
+        if not isinstance(value, str):
+            return f"{key!r} must be a string"
+    language = request.get("language")
+    if language is not None and not (len(language) <= 32 and _LANGUAGE.fullmatch(language)):
+        return f"'language' {language[:40]!r} is not a language code"
+    name = request.get("time_zone")
+    if name is not None:
+        try:
+            known = len(name) <= 64 and _TIME_ZONE.fullmatch(name) and zoneinfo.ZoneInfo(name)
+        except Exception:  # ZoneInfoNotFoundError, ValueError, RecursionError on odd paths
+            known = False
+        if not known:
+            return f"'time_zone' {name[:70]!r} is not a known time zone"
+    for key in ORIGIN_KEYS:
+        if key in request and token(request[key]) is None:
+            return f"{key!r} {request[key]!r} is not a valid id"
+    return None
 
 
 def redact(jobs: Any) -> Any:

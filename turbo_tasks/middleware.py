@@ -25,7 +25,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest
 
-from turbo_tasks import request_context
+from turbo_tasks import request_context, signing
 
 
 class TurboTasksMiddleware:
@@ -61,6 +61,6 @@ def _origin_of(request: HttpRequest, header: str | None, user: Any) -> Any:
     # another account (and ids of anonymous sockets only to anonymous requests).
     user_pk = user.pk if getattr(user, "is_authenticated", False) else None
     return request_context.origin(
-        request_context.socket_of(header, user_pk),
+        signing.socket_of(header, user_pk),
         request.headers.get(request_context.REQUEST_ID_HEADER),
     )

@@ -9,8 +9,9 @@ from django.utils import timezone
 class OutboxJob(models.Model):
     """One broadcast job, written in the same transaction as the change it describes.
 
-    Deleted once its Celery message is published; a row that outlives its commit means
-    the broker was unreachable, and the relay publishes it later.
+    Deleted once a worker has delivered it (pushed its frames, or found it can never be
+    delivered). A row still here after its claim ran out was not published (the broker was
+    unreachable) or not delivered (a worker was lost): the relay publishes it again.
     """
 
     job = models.JSONField()

@@ -12,8 +12,8 @@ from django.contrib.auth.models import AnonymousUser
 
 from turbo_tasks import signing
 from turbo_tasks.exceptions import StreamRejected
-from turbo_tasks.jobs import StreamRef
 from turbo_tasks.registry import resolve_ref
+from turbo_tasks.signing import StreamRef
 
 if TYPE_CHECKING:
     # channels has no type hints; its database_sync_to_async is a SyncToAsync subclass with

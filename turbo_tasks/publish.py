@@ -30,11 +30,10 @@ from celery.signals import after_task_publish, before_task_publish
 from django.db import DEFAULT_DB_ALIAS
 
 from turbo_tasks import conf
-from turbo_tasks.jobs import Job, redact
+from turbo_tasks.jobs import TASK_NAME, Job, redact
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "turbo_tasks.deliver"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
 
@@ -45,11 +44,18 @@ publisher: ContextVar[Callable[[list[Job], str], None] | None] = ContextVar(
 )
 
 
-def send_jobs(jobs: Sequence[Job], using: str, outbox_ids: Sequence[int] = ()) -> int:
+def send_jobs(
+    jobs: Sequence[Job],
+    using: str = DEFAULT_DB_ALIAS,
+    outbox_ids: Sequence[int] = (),
+    *,
+    countdown: float | None = None,
+) -> int:
     """Send ``jobs`` to the broker as ``turbo_tasks.deliver`` messages of at most
-    ``MAX_JOBS_PER_MESSAGE`` jobs each (with their outbox rows, in outbox mode). Never
-    raises: returns how many of ``jobs`` (a prefix) were sent, and logs the rest with their
-    payload when a publish fails."""
+    ``MAX_JOBS_PER_MESSAGE`` jobs each (with their outbox rows, in outbox mode), to run
+    ``countdown`` seconds from now if given (a debounced refresh's trailing send). The one
+    place that publishes ``deliver`` messages. Never raises: returns how many of ``jobs``
+    (a prefix) were sent, and logs the rest with their payload when a publish fails."""
     if not jobs:
         return 0
     override = publisher.get()
@@ -66,16 +72,20 @@ def send_jobs(jobs: Sequence[Job], using: str, outbox_ids: Sequence[int] = ()) -
         if outbox_ids:
             kwargs = {**kwargs, "outbox": list(outbox_ids[start : start + size])}
         try:
-            publish(app, list(jobs[start : start + size]), kwargs, queue)
+            publish(app, list(jobs[start : start + size]), kwargs, queue, countdown)
         except Exception:
             # The write has committed; breaking the caller now would not undo it.
+            if countdown is not None:
+                fate = "the caller sends them now instead"
+            elif conf.get("PUBLISH_MODE") == "outbox":
+                fate = "they stay in the outbox for the relay"
+            else:
+                fate = "these broadcasts are lost (PUBLISH_MODE 'outbox' would keep them)"
             logger.exception(
                 "turbo_tasks could not publish %d broadcast job(s) to queue %r; %s: %s",
                 len(jobs) - start,
                 queue,
-                "they stay in the outbox for the relay"
-                if conf.get("PUBLISH_MODE") == "outbox"
-                else "these broadcasts are lost (PUBLISH_MODE 'outbox' would keep them)",
+                fate,
                 json.dumps({"jobs": redact(list(jobs[start:])), "using": using}),
             )
             return start
@@ -93,16 +103,24 @@ def readable_args(jobs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def publish(app: Celery, jobs: list[Job], kwargs: dict[str, Any], queue: str) -> None:
+def publish(
+    app: Celery,
+    jobs: list[Job],
+    kwargs: dict[str, Any],
+    queue: str,
+    countdown: float | None = None,
+) -> None:
     """Publish one ``turbo_tasks.deliver(jobs, **kwargs)`` message to ``queue``; raises on
     failure after ``PUBLISH_RETRY_POLICY``."""
     policy = conf.get("PUBLISH_RETRY_POLICY")
-    fast = _fast_publisher(app) if conf.get("FAST_PUBLISH") else None
+    # The fast path writes no ETA header: a delayed task goes through send_task.
+    fast = _fast_publisher(app) if conf.get("FAST_PUBLISH") and countdown is None else None
     if fast is None:
         app.send_task(
             TASK_NAME,
             (jobs,),
             kwargs,
+            countdown=countdown,
             queue=queue,
             retry=True,
             retry_policy=policy,

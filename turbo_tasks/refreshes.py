@@ -20,15 +20,14 @@ Redis 5 and later.
 
 from __future__ import annotations
 
-import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from turbo_tasks import _compat, conf
-from turbo_tasks.jobs import BroadcastJob
-from turbo_tasks.publish import TASK_NAME, readable_args
+from turbo_tasks import _compat, conf, layers, publish
+from turbo_tasks.jobs import trailing_refresh_job
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from turbo_tasks.rendering import Broadcast
 
 GRACE_SECONDS = 5
 # The key outlives its deadline by this much, only to be collected eventually.
@@ -108,22 +107,33 @@ async def close_window(layer: Any, group: str, token: str) -> tuple[str | None, 
     return _text(rid) or None, _text(sender) or None
 
 
-def schedule(jobs: list[BroadcastJob]) -> None:
-    """Publish the trailing refresh ``jobs`` to run after the debounce window: one
-    ``turbo_tasks.deliver`` message per MAX_JOBS_PER_MESSAGE of them."""
-    from celery import current_app
-
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    size = conf.get("MAX_JOBS_PER_MESSAGE")
-    for start in range(0, len(jobs), size):
-        chunk = jobs[start : start + size]
-        app.send_task(
-            TASK_NAME,
-            (chunk,),
-            countdown=conf.get("REFRESH_DEBOUNCE_SECONDS"),
-            queue=conf.get("QUEUE"),
-            ignore_result=True,
-            retry=True,
-            retry_policy=conf.get("PUBLISH_RETRY_POLICY"),
-            **readable_args(chunk, {}),
+def debounce(layer: Any, broadcasts: list[Broadcast], subscribed: set[str]) -> list[Broadcast]:
+    """The broadcasts to push now, of those for ``subscribed`` groups: a debounced refresh
+    opens its stream's window, and the trailing refreshes of the windows this task opened
+    are scheduled in one message (a refresh finding its window open is dropped); a trailing
+    refresh closes its window (subscribed or not) and takes the request id and sender its
+    refreshes shared. The Redis calls run concurrently."""
+    if not layers.can_debounce(layer) or not any(b.debounce or b.trailing for b in broadcasts):
+        # No refresh to debounce (or, e.g. on the in-memory layer, no way to: all are sent).
+        return [b for b in broadcasts if b.group in subscribed]
+    trailing = [(b, token) for b in broadcasts if (token := b.trailing) is not None]
+    closed = layers.run(layers.gather_bounded(close_window(layer, b.group, t) for b, t in trailing))
+    for (b, _), (rid, sender) in zip(trailing, closed, strict=True):
+        b.request = {k: v for k, v in (("request_id", rid), ("sender", sender)) if v}
+    deferred = [b for b in broadcasts if b.debounce and b.trailing is None]
+    opening = [b for b in deferred if b.group in subscribed]
+    tokens = layers.run(
+        layers.gather_bounded(
+            open_window(layer, b.group, b.request.get("request_id"), b.exclude) for b in opening
         )
+    )
+    opened = [(b, token) for b, token in zip(opening, tokens, strict=True) if token]
+    held = {id(b) for b in deferred}
+    if opened:
+        later = [trailing_refresh_job(b.stream.ref(), t, b.exclude is not None) for b, t in opened]
+        sent = publish.send_jobs(later, countdown=conf.get("REFRESH_DEBOUNCE_SECONDS"))
+        unsent = opened[sent:]
+        if unsent:  # send them now rather than never
+            layers.run(layers.gather_bounded(close_window(layer, b.group, t) for b, t in unsent))
+            held -= {id(b) for b, _ in unsent}
+    return [b for b in broadcasts if b.group in subscribed and id(b) not in held]

@@ -11,9 +11,9 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
 from django.utils.module_loading import module_has_submodule
 
-from turbo_tasks import jobs, signing
+from turbo_tasks import signing, snapshots
 from turbo_tasks.exceptions import StreamRejected
-from turbo_tasks.jobs import StreamRef
+from turbo_tasks.signing import StreamRef
 from turbo_tasks.streams import ModelStream, Stream
 
 
@@ -65,7 +65,7 @@ class Registry:
                 f"the model already has an attribute named 'stream'."
             )
         try:
-            attnames = jobs.snapshot_attnames(
+            attnames = snapshots.snapshot_attnames(
                 model,
                 fields=getattr(meta, "snapshot_fields", None),
                 exclude=getattr(meta, "snapshot_exclude", None),
@@ -95,6 +95,27 @@ class Registry:
 
     def model_streams(self) -> dict[type[models.Model], type[ModelStream]]:
         return dict(self._by_model)
+
+    # Which writes broadcast: the receivers (turbo_tasks.signals) and turbo.saved()/deleted()
+    # (turbo_tasks.bulk) both ask here.
+
+    def saving_models(self) -> list[type[models.Model]]:
+        """The models whose saves broadcast (their stream overrides ``on_save``)."""
+        return [m for m, cls in self._by_model.items() if cls.overrides("on_save")]
+
+    def deleting_models(self) -> list[type[models.Model]]:
+        """The models whose deletes broadcast (their stream overrides ``on_delete``)."""
+        return [m for m, cls in self._by_model.items() if cls.overrides("on_delete")]
+
+    def broadcasts_saves(self, model: type[models.Model]) -> bool:
+        cls = self._by_model.get(model)
+        return cls is not None and cls.overrides("on_save")
+
+    def snapshot_attnames(self, model: type[models.Model]) -> tuple[str, ...] | None:
+        """What a delete snapshot of ``model`` holds; None when its deletes do not
+        broadcast."""
+        cls = self._by_model.get(model)
+        return cls.snapshot_attnames if cls is not None and cls.overrides("on_delete") else None
 
 
 def _qualname(cls: type) -> str:

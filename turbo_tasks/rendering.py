@@ -1,42 +1,25 @@
-"""``<turbo-stream>`` markup, and the frames a worker renders and pushes."""
+"""Rendering ``<turbo-stream>`` frames from templates: what an action call checks, the
+frames a worker renders and pushes (:class:`Broadcast`), and a view's frames
+(turbo_tasks.http). The element itself is turbo_tasks.markup."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import django
 from django.apps import apps
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
-from turbo_tasks import request_context
+from turbo_tasks import markup, request_context
+from turbo_tasks.markup import ACTIONS, MORPHING, Action, check_content, check_frame
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from turbo_tasks.streams import Stream
-
-Action = Literal["append", "prepend", "replace", "update", "before", "after", "remove", "refresh"]
-ACTIONS: tuple[str, ...] = get_args(Action)
-# Actions that may morph (Turbo 8's method="morph") instead of replacing.
-MORPHING = ("replace", "update")
-
-
-def check_action(action: str) -> None:
-    if action not in ACTIONS:
-        raise ValueError(f"Unknown action {action!r}, must be one of: {', '.join(ACTIONS)}.")
-
-
-def check_target(id: str | None, selector: str | None) -> None:
-    """Exactly one of ``id`` (an element id) or ``selector`` (a CSS selector) is required."""
-    if (id is None) == (selector is None):
-        given = "both" if id is not None else "neither"
-        raise ValueError(
-            f"Pass exactly one of id= (an element id, sent as target=) or selector= "
-            f"(a CSS selector, sent as targets=); got {given}."
-        )
-
 
 # A template context; for a deferred action, model instances in it travel to the worker as
 # row references.
@@ -63,24 +46,9 @@ def check_arguments(
     """Everything an action call can get wrong, before anything is rendered or sent: the
     action, exactly one target, the template (partials need Django 6), exactly one of a
     template and ``text`` (``remove`` takes neither) and ``method``."""
-    check_action(action)
-    check_method(action, method)
-    if action == "refresh":
-        return  # its signature takes no target or content
-    check_target(id, selector)
+    check_frame(action, id, selector, method)
+    check_content(action, template is not None, text is not None)
     check_template(template)
-    if action != "remove" and (template is None) == (text is None):
-        raise ValueError(
-            f"{action}() needs a template name (with an optional context) "
-            f"or text=, not {'both' if text is not None else 'neither'}."
-        )
-
-
-def check_method(action: str, method: str | None) -> None:
-    if method is not None and (method != "morph" or action not in MORPHING):
-        raise ValueError(
-            f"method={method!r}: only method='morph' is supported, on replace and update."
-        )
 
 
 def check_template(template: str | None) -> None:
@@ -130,7 +98,7 @@ def render_frame(
         content = render_to_string(template, context or {}, request=request)
     else:
         raise ValueError(f"{action}() needs a template name or text=.")
-    return turbo_stream(
+    return markup.turbo_stream(
         action,
         target=target,
         targets=targets,
@@ -138,46 +106,6 @@ def render_frame(
         method=method,
         request_id=request_id,
     )
-
-
-def turbo_stream(
-    action: str,
-    *,
-    target: str | None = None,
-    targets: str | None = None,
-    content: str = "",
-    method: str | None = None,
-    request_id: str | None = None,
-) -> str:
-    """Return one ``<turbo-stream>`` element. ``content`` must already be safe HTML.
-
-    ``turbo_stream("append", target="ms", content="<p>hi</p>")`` returns::
-
-        <turbo-stream action="append" target="ms"><template><p>hi</p></template></turbo-stream>
-
-    ``remove`` has no ``<template>``:
-    ``<turbo-stream action="remove" target="message-5"></turbo-stream>``; ``refresh`` has no
-    target either: ``<turbo-stream action="refresh" request-id="…"></turbo-stream>``
-    (``request-id`` only when given). ``method="morph"`` (replace and update):
-    ``<turbo-stream action="replace" method="morph" target="room"><template>…``.
-    """
-    check_action(action)
-    check_method(action, method)
-    attrs = f'action="{action}"'
-    if action == "refresh":
-        if request_id is not None:
-            attrs += f' request-id="{escape(request_id)}"'
-        return f"<turbo-stream {attrs}></turbo-stream>"
-    check_target(target, targets)
-    if method is not None:
-        attrs += f' method="{method}"'
-    if target is not None:
-        attrs += f' target="{escape(target)}"'
-    else:
-        attrs += f' targets="{escape(targets)}"'
-    if action == "remove":
-        return f"<turbo-stream {attrs}></turbo-stream>"
-    return f"<turbo-stream {attrs}><template>{content}</template></turbo-stream>"
 
 
 class Broadcast:
@@ -260,3 +188,18 @@ class Broadcast:
         else:
             where = ""
         return f"<Broadcast {self.action}{where} to {self.stream!r}>"
+
+
+__all__ = ["ACTIONS", "MORPHING", "Action", "Broadcast", "check_arguments", "render_frame"]
+
+
+def __getattr__(name: str) -> Any:
+    # turbo_stream() lived here until 2026-12; keep the old import path working.
+    if name == "turbo_stream":
+        warnings.warn(
+            "turbo_tasks.rendering.turbo_stream moved to turbo_tasks.markup.turbo_stream.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return markup.turbo_stream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,29 +22,19 @@ The last two come from :class:`turbo_tasks.middleware.TurboTasksMiddleware`.
 from __future__ import annotations
 
 import contextlib
-import re
-import secrets
-import zoneinfo
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any
 
 from django.conf import settings
 from django.utils import timezone, translation
-from django.utils.crypto import constant_time_compare, salted_hmac
+
+from turbo_tasks.jobs import LOCALE_KEYS, ORIGIN_KEYS
+from turbo_tasks.signing import token
 
 SOCKET_HEADER = "X-Turbo-Tasks-Socket"
 REQUEST_ID_HEADER = "X-Turbo-Request-Id"
 
-LOCALE_KEYS = ("language", "time_zone")  # restored with translation/timezone.override
-ORIGIN_KEYS = ("sender", "request_id")  # which page and which Turbo request
-KEYS = LOCALE_KEYS + ORIGIN_KEYS
-# What a header may hold to be taken at all: socket ids are ours (URL-safe base64), request
-# ids Turbo's UUIDs. Anything else is ignored, so junk never travels in jobs.
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_LANGUAGE = re.compile(r"[A-Za-z]{1,8}(?:[-_@][A-Za-z0-9]{1,8})*")
-_TIME_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+){0,2}")
 
 # The sender and request id of the request being handled (set by the middleware), or of the
 # job being run (set by the worker).
@@ -52,35 +42,6 @@ _NONE: Mapping[str, str] = MappingProxyType({})
 _origin: ContextVar[Mapping[str, str]] = ContextVar("turbo_tasks_origin", default=_NONE)
 # True while a worker runs a job's hooks or renders its frames (activated()).
 _in_job: ContextVar[bool] = ContextVar("turbo_tasks_in_job", default=False)
-
-
-# A socket id: 22 random URL-safe characters, then 16 hex characters of an HMAC binding
-# them to the socket's user, so a request may name only a socket of its own user.
-_SOCKET_SALT = "turbo_tasks.socket"
-
-
-def new_socket_id(user_pk: Any) -> str:
-    """A fresh id for a socket of the user with ``user_pk`` (None: anonymous)."""
-    nonce = secrets.token_urlsafe(16)
-    return nonce + _socket_mac(nonce, user_pk)
-
-
-def socket_of(value: Any, user_pk: Any) -> str | None:
-    """``value`` if it is the id of a socket of the user with ``user_pk``, else None."""
-    if token(value) is None or len(value) != 38:
-        return None
-    nonce, mac = value[:22], value[22:]
-    return value if constant_time_compare(mac, _socket_mac(nonce, user_pk)) else None
-
-
-def _socket_mac(nonce: str, user_pk: Any) -> str:
-    user = "" if user_pk is None else str(user_pk)
-    return salted_hmac(_SOCKET_SALT, f"{nonce}|{user}", algorithm="sha256").hexdigest()[:16]
-
-
-def token(value: Any) -> str | None:
-    """``value`` if it is a well-formed socket or request id, else None."""
-    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else None
 
 
 @contextlib.contextmanager
@@ -115,37 +76,11 @@ def capture(*, for_job: bool = False) -> dict[str, str]:
     return found
 
 
-def problem(request: Any) -> str | None:
-    """What is wrong with a job's ``request`` object (None when it is usable)."""
-    if not isinstance(request, dict):
-        return "must be an object"
-    for key, value in request.items():
-        if key not in KEYS:
-            return f"unknown key {key!r} (known: {', '.join(KEYS)})"
-        if not isinstance(value, str):
-            return f"{key!r} must be a string"
-    language = request.get("language")
-    if language is not None and not (len(language) <= 32 and _LANGUAGE.fullmatch(language)):
-        return f"'language' {language[:40]!r} is not a language code"
-    name = request.get("time_zone")
-    if name is not None:
-        try:
-            known = len(name) <= 64 and _TIME_ZONE.fullmatch(name) and zoneinfo.ZoneInfo(name)
-        except Exception:  # ZoneInfoNotFoundError, ValueError, RecursionError on odd paths
-            known = False
-        if not known:
-            return f"'time_zone' {name[:70]!r} is not a known time zone"
-    for key in ORIGIN_KEYS:
-        if key in request and token(request[key]) is None:
-            return f"{key!r} {request[key]!r} is not a valid id"
-    return None
-
-
 @contextlib.contextmanager
 def activated(request: Mapping[str, str] | None) -> Iterator[None]:
     """Run the block as the job's request did: its language, time zone and origin (the
     worker's defaults for what the job does not carry). ``request`` was checked with
-    :func:`problem`."""
+    ``turbo_tasks.jobs.validate``."""
     request = request or {}
     in_job = _in_job.set(True)
     try:

@@ -15,10 +15,12 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, models
 
-from turbo_tasks import codec, jobs, rendering, request_context, signals, signing
+from turbo_tasks import batching, codec, jobs, rendering, request_context, signing
 from turbo_tasks.actions import Actions
-from turbo_tasks.jobs import StreamRef, json_value
 from turbo_tasks.rendering import Broadcast, Context
+from turbo_tasks.signing import StreamRef
+from turbo_tasks.snapshots import json_value
+from turbo_tasks.suppression import suppressed
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -169,9 +171,9 @@ class Stream(Actions):
         the current transaction commits (e.g. once a user was removed from a room); sockets
         whose user no longer passes get ``{"type": "revoked", "stream": …}`` and no more
         frames. The user is reloaded from the database first."""
-        job: jobs.RecheckJob = {"action": "recheck", "stream": self.ref()}
+        job = jobs.recheck_job(self.ref())
         # Not a broadcast: turbo.suppress() does not hold it back.
-        signals.enqueue_all([job], using=self._database(), suppressible=False)
+        batching.enqueue_all([job], using=self._database(), suppressible=False)
 
     async def arecheck(self) -> None:
         """Await :meth:`recheck`."""
@@ -192,7 +194,7 @@ class Stream(Actions):
     ) -> None:
         rendering.check_arguments(action, template, id, selector, text, method)
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
-        if signals.suppressed():  # turbo.suppress(): arguments checked, nothing sent
+        if suppressed():  # turbo.suppress(): arguments checked, nothing sent
             return
         exclude = self.exclude_sender if exclude_sender is None else bool(exclude_sender)
         collected = collector.get()
@@ -226,7 +228,7 @@ class Stream(Actions):
             exclude_sender=exclude,
             debounce=debounce,
         )
-        signals.enqueue(job, using=self._database())
+        batching.enqueue(job, using=self._database())
 
     def _database(self) -> str:
         return DEFAULT_DB_ALIAS

@@ -14,8 +14,8 @@ from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connec
 from turbo_tasks import conf, delivery, layers
 from turbo_tasks import outbox as outbox_rows
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, DeliveryFailed, HookError, InvalidJob
-from turbo_tasks.jobs import validate_outbox
-from turbo_tasks.publish import TASK_NAME, readable_args
+from turbo_tasks.jobs import TASK_NAME, validate_outbox
+from turbo_tasks.publish import readable_args
 
 
 @shared_task(  # type: ignore[call-overload]  # celery-types lacks retry_on_worker_lost

@@ -105,18 +105,18 @@ class CapturedBroadcasts(list["Broadcast"]):
 @contextmanager
 def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]:
     """Deliver broadcasts in-process and collect their frames instead of pushing them."""
-    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db import DEFAULT_DB_ALIAS
     from django.test import TestCase
 
-    from turbo_tasks import delivery, publish, signals
+    from turbo_tasks import batching, delivery, publish
 
     captured = CapturedBroadcasts()
     errors: list[BaseException] = []
 
     def run(jobs: list[Job], alias: str) -> None:
         # The same JSON round trip a real message makes.
-        result = delivery.render(json.loads(json.dumps(jobs)), alias)
-        delivery.materialize(result.broadcasts, result.errors)  # render now, as a worker would
+        result = delivery.run_hooks(json.loads(json.dumps(jobs)), alias)
+        delivery.render_frames(result.broadcasts, result.errors)  # render now, as a worker would
         captured.extend(result.broadcasts)
         errors.extend(exc for _, exc in result.errors)
 
@@ -125,7 +125,7 @@ def capture_broadcasts(using: str | None = None) -> Iterator[CapturedBroadcasts]
     # whose on_commit callback a fixture's save registered before the block: the capture
     # only runs callbacks registered inside it, and a TestCase never commits. Start a new
     # batch; the old one keeps its own callback and still publishes if the data commits.
-    setattr(connections[alias], signals._BATCH_ATTR, None)
+    batching.forget_batch(alias)
     token = publish.publisher.set(run)
     try:
         with TestCase.captureOnCommitCallbacks(using=alias, execute=True):

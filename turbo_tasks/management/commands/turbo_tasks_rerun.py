@@ -14,8 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from turbo_tasks import conf
-
-TASK = "turbo_tasks.deliver"
+from turbo_tasks.jobs import TASK_NAME as TASK
 
 
 class Command(BaseCommand):
