@@ -202,3 +202,62 @@ async def _eventually(read: Callable[[], Awaitable[T]], expected: T, timeout: fl
     while (value := await read()) != expected and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return value
+
+
+# -- Channels: AsyncConsumer ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_async_consumer_receives_its_channel_through_the_channel_receive_attribute():
+    from channels.consumer import AsyncConsumer
+    from channels.layers import channel_layers
+    from channels.testing import ApplicationCommunicator
+
+    seen: list[dict[str, object]] = []
+
+    def wrap(receive: Callable[[], Awaitable[dict[str, object]]]) -> Callable[..., object]:
+        async def recording() -> dict[str, object]:
+            message = await receive()
+            seen.append(message)
+            return message
+
+        return recording
+
+    class Probe(AsyncConsumer):
+        channel_receive = _compat.wrapped_channel_receive(wrap)
+
+        async def probe_hello(self, message: dict[str, object]) -> None:
+            await self.send({"type": "probe.channel", "name": self.channel_name})
+
+        async def probe_ping(self, message: dict[str, object]) -> None:
+            await self.send({"type": "probe.pong"})
+
+    memory = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=memory):
+        communicator = ApplicationCommunicator(Probe.as_asgi(), {"type": "probe"})
+        await communicator.send_input({"type": "probe.hello"})
+        name = (await communicator.receive_output(timeout=5))["name"]
+        await channel_layers["default"].send(name, {"type": "probe.ping"})
+        assert await communicator.receive_output(timeout=5) == {"type": "probe.pong"}
+        communicator.stop()
+    assert seen == [{"type": "probe.ping"}]
+
+
+def test_async_consumer_dispatch_closes_old_connections_before_each_handler():
+    # The reason the consumer routes frames through dispatch_without_db_cleanup.
+    from channels.consumer import AsyncConsumer, get_handler_name
+
+    assert "aclose_old_connections()" in inspect.getsource(AsyncConsumer.dispatch)
+    assert get_handler_name({"type": "turbo.message"}) == "turbo_message"
+
+
+@pytest.mark.asyncio
+async def test_dispatch_without_db_cleanup_runs_the_handler_dispatch_would():
+    handled = []
+
+    class Consumer:
+        async def turbo_message(self, message: dict[str, str]) -> None:
+            handled.append(message)
+
+    await _compat.dispatch_without_db_cleanup(Consumer(), {"type": "turbo.message"})
+    assert handled == [{"type": "turbo.message"}]

@@ -41,7 +41,8 @@ def test_fast_message_matches_celerys_own(redis_client):
     assert set(slow["properties"]) - set(fast["properties"]) == {"argsrepr", "kwargsrepr"}
     assert fast["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
     decode = lambda m: json.loads(base64.b64decode(m["body"]))  # noqa: E731
-    assert decode(fast) == decode(slow) == [[JOBS], {"using": "other"}, publish._EMBED]
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    assert decode(fast) == decode(slow) == [[JOBS], {"using": "other"}, embed]
 
 
 def test_publish_signals_in_use_fall_back_to_celery(redis_client):

@@ -38,6 +38,34 @@ def _group_slot() -> asyncio.Semaphore:
     return slot
 
 
+def _patient(receive: Any) -> Any:
+    """The channel layer's receive for a consumer's channel, made patient: keep waiting past
+    a read that timed out, rather than die with 1011 (an idle read times out whenever the
+    socket timeout is not longer than channels_redis' blocking receive), and past one lost
+    connection (killed, or a failover: redis-py opens a new one). Nothing is lost: messages
+    stay queued in Redis, and the gap check replays what a pub/sub subscriber missed while
+    it reconnected. A Redis that does not answer the second read either is down: the socket
+    closes, and the page knows it."""
+
+    async def patient_receive() -> Any:
+        reconnected = False
+        while True:
+            try:
+                return await receive()
+            except _compat.RECEIVE_TIMEOUTS:
+                logger.debug("turbo_tasks: a channel-layer read timed out; reading again")
+            except _compat.RECEIVE_DISCONNECTS:
+                if reconnected:
+                    raise
+                reconnected = True
+                logger.warning(
+                    "turbo_tasks: lost the channel layer's Redis connection; reconnecting",
+                    exc_info=True,
+                )
+
+    return patient_receive
+
+
 class TurboStreamsConsumer(AsyncWebsocketConsumer):
     """One socket, any number of stream subscriptions (docs/protocol.md).
 
@@ -69,36 +97,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if refresher is not None:
                 refresher.cancel()
 
-    # AsyncConsumer.__call__ sets this to the channel layer's receive for our channel and
-    # waits on it: keep waiting past a read that timed out, rather than die with 1011 (an
-    # idle read times out whenever the socket timeout is not longer than channels_redis'
-    # blocking receive), and past one lost connection (killed, or a failover: redis-py
-    # opens a new one). Nothing is lost: messages stay queued in Redis, and the gap check
-    # replays what a pub/sub subscriber missed while it reconnected. A Redis that does not
-    # answer the second read either is down: the socket closes, and the page knows it.
-    @property
-    def channel_receive(self) -> Any:
-        return self._channel_receive
-
-    @channel_receive.setter
-    def channel_receive(self, receive: Any) -> None:
-        async def patient_receive() -> Any:
-            reconnected = False
-            while True:
-                try:
-                    return await receive()
-                except _compat.RECEIVE_TIMEOUTS:
-                    logger.debug("turbo_tasks: a channel-layer read timed out; reading again")
-                except _compat.RECEIVE_DISCONNECTS:
-                    if reconnected:
-                        raise
-                    reconnected = True
-                    logger.warning(
-                        "turbo_tasks: lost the channel layer's Redis connection; reconnecting",
-                        exc_info=True,
-                    )
-
-        self._channel_receive = patient_receive
+    channel_receive = _compat.wrapped_channel_receive(_patient)
 
     async def connect(self) -> None:
         # group -> {signed name: its mark, the (inc, seq) up to which the page has every
@@ -296,7 +295,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # (most of the fan-out time in the benchmark). A frame touches no database, and
         # every query here goes through database_sync_to_async, which cleans up itself.
         if message.get("type") == "turbo.message":
-            await self.turbo_message(message)
+            await _compat.dispatch_without_db_cleanup(self, message)
         else:
             await super().dispatch(message)
 

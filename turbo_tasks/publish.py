@@ -11,14 +11,11 @@ projects hooking ``before_task_publish``/``after_task_publish``) goes through
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -29,13 +26,10 @@ from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from django.db import DEFAULT_DB_ALIAS
 
-from turbo_tasks import conf
+from turbo_tasks import _compat, conf
 from turbo_tasks.jobs import TASK_NAME, Job, redact
 
 logger = logging.getLogger(__name__)
-
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
 
 
 # turbo_tasks.testing swaps the publisher to run jobs in-process.
@@ -135,8 +129,8 @@ class RedisPublisher:
     """Writes Celery task messages straight to a Redis broker's queue list.
 
     Each thread keeps one redis-py ``Connection`` (no pool checkout, no retry wrapper per
-    command: a third of what ``Redis.lpush`` costs here); the parts of the message that do
-    not change between publishes are built once per queue.
+    command: a third of what ``Redis.lpush`` costs here); the message is kombu's, laid out
+    by ``_compat.TaskMessageLayout``.
     """
 
     def __init__(self, broker_url: str, transport_options: dict[str, Any]) -> None:
@@ -148,59 +142,15 @@ class RedisPublisher:
         self.connection_class = pool.connection_class
         self.connection_kwargs = pool.connection_kwargs
         self.local = threading.local()
-        self.origin_json = json.dumps(f"gen{os.getpid()}@{socket.gethostname()}")
-        self.reply_to = str(uuid.uuid4())
-        self.templates: dict[str, tuple[str, str, bytes]] = {}
-
-    def _template(self, queue: str) -> tuple[str, str, bytes]:
-        try:
-            return self.templates[queue]
-        except KeyError:
-            pass
-        # The JSON kombu writes for task protocol 2, in kombu's key order, split around
-        # the values that change: the task id, the body and argsrepr/kwargsrepr.
-        headers_head = (
-            f'"content-encoding":"utf-8","content-type":"application/json",'
-            f'"headers":{{"lang":"py","task":"{TASK_NAME}","id":"'
-        )
-        headers_tail = (
-            f'"origin":{self.origin_json},"ignore_result":true,"replaced_task_nesting":0,'
-            f'"stamped_headers":null,"stamps":{{}}}},"properties":{{"correlation_id":"'
-        )
-        properties_tail = (
-            f'"reply_to":"{self.reply_to}","delivery_mode":2,'
-            f'"delivery_info":{{"exchange":"","routing_key":{json.dumps(queue)}}},'
-            f'"priority":0,"body_encoding":"base64","delivery_tag":"'
-        ).encode()
-        template = self.templates[queue] = (headers_head, headers_tail, properties_tail)
-        return template
+        self.layout = _compat.TaskMessageLayout(TASK_NAME)
 
     def message(self, jobs: list[Job], kwargs: dict[str, Any], queue: str) -> bytes:
         # Runs in the user's commit, once per transaction: one dump of the jobs.
-        headers_head, headers_tail, properties_tail = self._template(queue)
-        task_id = str(uuid.uuid4())
         jobs_json = json.dumps(jobs, separators=(",", ":"))
         shown = redact(jobs)
         shown_json = jobs_json if shown is jobs else json.dumps(shown, separators=(",", ":"))
         kwargs_json = json.dumps(kwargs, separators=(",", ":")) if kwargs else "{}"
-        body = base64.b64encode(f"[[{jobs_json}],{kwargs_json},{_EMBED_JSON}]".encode())
-        return b"".join(
-            (
-                b'{"body":"',
-                body,
-                b'",',
-                (
-                    f'{headers_head}{task_id}","shadow":null,"eta":null,"expires":null,'
-                    f'"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
-                    f'"root_id":"{task_id}","parent_id":null,'
-                    f'"argsrepr":{json.dumps(f"[{shown_json}]")},'
-                    f'"kwargsrepr":{json.dumps(kwargs_json)},{headers_tail}{task_id}",'
-                ).encode(),
-                properties_tail,
-                task_id.encode(),  # delivery_tag: unique per message, like kombu's uuid
-                b'"}}',
-            )
-        )
+        return self.layout.encode(queue, jobs_json, shown_json, kwargs_json)
 
     def _connection(self) -> redis.Connection:
         local = self.local

@@ -1,10 +1,5 @@
-"""The third-party internals turbo_tasks relies on, each behind one small function.
-
-tests/test_compat.py pins every behaviour used here against the installed versions, so an
-upgrade that changes one fails there, by name, instead of somewhere downstream. (kombu's
-Redis message layout, which turbo_tasks.publish writes itself, is pinned by
-tests/test_publish.py against ``send_task``.)
-"""
+"""channels_redis and redis-py internals: where a group lives, receive timeouts, and the
+receive that a cancellation could lose a message in."""
 
 from __future__ import annotations
 
@@ -14,7 +9,6 @@ import inspect
 import logging
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -25,30 +19,6 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from channels_redis.utils import _consistent_hash, decode_hosts
 
 logger = logging.getLogger(__name__)
-
-# -- Django: transaction.on_commit bookkeeping ----------------------------------------------
-
-
-def on_commit_callbacks(connection: Any) -> list[Callable[[], Any]]:
-    """The callbacks pending on ``connection``, oldest first (Django keeps
-    ``(savepoint_ids, callback, robust)`` tuples in ``connection.run_on_commit``)."""
-    return [entry[1] for entry in connection.run_on_commit]
-
-
-def last_on_commit_callback(connection: Any) -> Callable[[], Any] | None:
-    pending = connection.run_on_commit
-    return pending[-1][1] if pending else None
-
-
-# -- Django: a queryset's write routing ------------------------------------------------------
-
-
-def queryset_routing(queryset: Any) -> tuple[str | None, dict[str, Any]]:
-    """The alias ``.using()`` set on ``queryset`` (None if none) and its routers' hints: what
-    ``QuerySet.update()``/``delete()`` pass to ``router.db_for_write`` (``QuerySet._db`` and
-    ``._hints``, which django-stubs does not declare)."""
-    return getattr(queryset, "_db", None), dict(getattr(queryset, "_hints", {}))
-
 
 # -- channels_redis: where a group lives --------------------------------------------------
 #
