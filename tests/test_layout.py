@@ -1,4 +1,6 @@
-"""The package's shape: no import cycle inside turbo_tasks/, and modules of a readable size."""
+"""The package's shape (docs/internals/architecture.md): every module in its tier, imports
+only downward or within a tier, the three paths apart, no cycle, modules of a readable
+size."""
 
 from __future__ import annotations
 
@@ -8,8 +10,44 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "turbo_tasks"
-# About 400, as STYLE.md asks (channels' largest module, layers.py, has 417).
+# About 400 (channels' largest module, layers.py, has 417): docs/internals/architecture.md.
 MAX_LINES = 420
+
+# Each module's tier and, where it belongs to one, its path. A module may import modules of
+# its own tier or a lower one; in the paths tier, only modules of its own path. Keep this
+# table and the module map in docs/internals/architecture.md in step.
+FOUNDATION, TRANSPORT, STREAMS, PATHS, GLUE = range(5)
+TIERS: dict[str, tuple[int, str]] = {
+    # 0. Data and rules: no turbo_tasks concept above them.
+    **dict.fromkeys(
+        (
+            "exceptions", "conf", "markup", "snapshots", "signing", "jobs", "codec",
+            "suppression", "request_context", "models", "_guard", "_green",
+            "_compat", "_compat.consumer", "_compat.db", "_compat.kombu", "_compat.layers",
+        ),
+        (FOUNDATION, ""),
+    ),
+    # 1. Moving jobs and frames: the broker, the outbox, the commit batch; the channel
+    # layer, its history, the refresh windows.
+    **dict.fromkeys(("publish", "outbox", "batching"), (TRANSPORT, "write")),
+    **dict.fromkeys(("layers", "history", "refreshes"), (TRANSPORT, "fan-out")),
+    # 2. What users declare: streams, their actions, how frames render, the registry.
+    **dict.fromkeys(("rendering", "actions", "streams", "registry"), (STREAMS, "")),
+    # 3. The three paths, and the request side of a view.
+    **dict.fromkeys(("signals", "bulk"), (PATHS, "write")),
+    **dict.fromkeys(("delivery", "tasks"), (PATHS, "fan-out")),
+    **dict.fromkeys(("permissions", "gaps", "consumers", "routing"), (PATHS, "subscribe")),
+    **dict.fromkeys(("http", "middleware"), (PATHS, "request")),
+    # 4. Where Django, Celery and pytest plug in.
+    **dict.fromkeys(
+        (
+            "", "apps", "checks", "testing", "templatetags", "templatetags.turbo_tasks",
+            "management", "management.commands", "management.commands.turbo_tasks_relay",
+            "management.commands.turbo_tasks_rerun",
+        ),
+        (GLUE, ""),
+    ),
+}  # fmt: skip
 
 
 def _module_name(path: Path) -> str:
@@ -68,6 +106,44 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+def _short(module: str) -> str:
+    return module.removeprefix("turbo_tasks").removeprefix(".")
+
+
+def _wrong_directions(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for module, imported in sorted(graph.items()):
+        tier, path = TIERS[_short(module)]
+        for other in sorted(imported):
+            other_tier, other_path = TIERS[_short(other)]
+            if other_tier > tier or (tier == other_tier == PATHS and path != other_path):
+                wrong.append(f"{_short(module)} ({path or tier}) imports {_short(other)}")
+    return wrong
+
+
+def test_every_module_has_a_tier() -> None:
+    modules = {_short(m) for m in _graph() if not m.startswith("turbo_tasks.migrations")}
+    assert modules - set(TIERS) == set(), "add new modules to TIERS and the architecture page"
+    assert set(TIERS) - modules == set()
+
+
+def test_imports_go_down_the_tiers_and_paths_stay_apart() -> None:
+    graph = {m: deps for m, deps in _graph().items() if not m.startswith("turbo_tasks.migr")}
+    assert _wrong_directions(graph) == []
+
+
+def test_direction_check_finds_an_upward_and_a_cross_path_import() -> None:
+    graph = {
+        "turbo_tasks.jobs": {"turbo_tasks.streams"},
+        "turbo_tasks.signals": {"turbo_tasks.delivery"},
+        "turbo_tasks.streams": {"turbo_tasks.jobs"},
+    }
+    assert _wrong_directions(graph) == [
+        "jobs (0) imports streams",
+        "signals (write) imports delivery",
+    ]
 
 
 def test_package_has_no_import_cycle() -> None:

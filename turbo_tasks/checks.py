@@ -104,7 +104,18 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     return errors
 
 
+def _settings_unreadable() -> bool:
+    """``TURBO_TASKS`` is not a dict: turbo_tasks.E001 says so, the other checks stay quiet."""
+    try:
+        conf.unknown_keys()
+    except ImproperlyConfigured:
+        return True
+    return False
+
+
 def check_channel_layer(**kwargs: Any) -> list[checks.CheckMessage]:
+    if _settings_unreadable():
+        return []
     alias = conf.get("CHANNEL_LAYER")
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     if alias not in layers:
@@ -152,10 +163,8 @@ def check_channel_layer(**kwargs: Any) -> list[checks.CheckMessage]:
 def check_catch_up(**kwargs: Any) -> list[checks.CheckMessage]:
     """Catch-up off is a warning, never silence: pages then miss what is committed while
     their socket is down or not yet subscribed (ARCHITECTURE.md, "Catch-up")."""
-    try:
-        conf.unknown_keys()
-    except ImproperlyConfigured:
-        return []  # turbo_tasks.E001
+    if _settings_unreadable():
+        return []
     length = conf.get("HISTORY_LENGTH")
     if length == 0 and type(length) is int:
         return [

@@ -4,8 +4,9 @@ socket ids.
 A stream's identity is a :class:`StreamRef`: its registered name and JSON arguments. A page
 subscribes with ``sign(ref)``, that identity signed with ``django.core.signing`` (salted by
 ``TURBO_TASKS["SIGNING_SALT"]``), so a client can neither forge nor alter it. Workers send
-to ``group_name(ref)``, a hash of the same identity: valid on every channel layer, and
-unguessable without a signed name.
+to ``group_name(ref)``, a hash of the same identity: valid on every channel layer. A group
+name is not a secret (anyone who knows a stream's name and arguments can compute it);
+clients never name groups, only signed names.
 
 A socket id (``new_socket_id``) names one websocket to the requests its page makes (the
 ``X-Turbo-Tasks-Socket`` header), bound by an HMAC to the socket's user so that a request
@@ -18,6 +19,7 @@ import hashlib
 import json
 import re
 import secrets
+import zlib
 from typing import Any, TypedDict
 
 from django.core import signing
@@ -56,8 +58,9 @@ def unsign(signed_name: str) -> StreamRef:
         )
     except signing.SignatureExpired:
         raise StreamRejected("expired") from None
-    except (signing.BadSignature, ValueError):
-        # ValueError covers payloads that decompress or decode badly.
+    except (signing.BadSignature, ValueError, zlib.error):
+        # A payload that decodes (ValueError) or decompresses (zlib.error) badly; only a
+        # holder of SECRET_KEY can sign one, but it must not crash the consumer.
         raise StreamRejected("invalid_signature") from None
     if (
         not isinstance(payload, list)
