@@ -13,6 +13,7 @@ help:
 	@echo "make test-newest    the end-to-end tests on Python 3.13 + Django 6.1 (nox)"
 	@echo "make test-oldest    the end-to-end tests on Python 3.10 + Django 5.2 (nox)"
 	@echo "make lint    ruff and mypy"
+	@echo "make docs    build the documentation into docs/_build/html (warnings are errors)"
 	@echo "make bench   side-by-side benchmarks -> bench/results/ (not part of the tests)"
 	@echo "make chaos   10,000 changes through Redis/ASGI restarts and worker kills, both modes;"
 	@echo "            checked at the channel layer and on 20 flapping pages that catch up"
@@ -27,6 +28,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 	scripts/system-packages.sh browser
 	test ! -f example/package.json || (cd example && npm install --no-audit --no-fund --loglevel=error)
+	cd docs/intro/mysite && npm install --no-audit --no-fund --no-package-lock --loglevel=error
 
 demo: install
 	scripts/demo.sh
@@ -52,7 +54,8 @@ OLDEST := tests(py3.10-django5.2)
 E2E := tests/test_end_to_end.py tests/test_delivery.py tests/test_consumer.py \
 	tests/test_catch_up.py tests/test_browser.py tests/test_request_context.py \
 	tests/test_revocation.py tests/test_refreshes.py tests/test_gaps.py \
-	tests/test_receive.py tests/test_churn.py tests/test_pubsub.py tests/test_worker_pools.py
+	tests/test_receive.py tests/test_churn.py tests/test_pubsub.py tests/test_worker_pools.py \
+	tests/test_tutorial.py
 test-newest: install
 	$(VENV)/bin/nox -s "$(NEWEST)" -- $(E2E) $(PYTEST_ARGS)
 
@@ -63,6 +66,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	$(VENV)/bin/sphinx-build -W --keep-going -n -b html docs docs/_build/html
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,1 +1,1 @@
-"""Benchmark harness for turbo_tasks: ``make bench`` (see docs/performance.md)."""
+"""Benchmark harness for turbo_tasks: ``make bench`` (see docs/topics/performance.md)."""

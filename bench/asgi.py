@@ -1,4 +1,4 @@
-"""The ASGI app the fan-out benchmarks serve under uvicorn, routed as the README says."""
+"""The ASGI app the fan-out benchmarks serve under uvicorn, routed as the tutorial says."""
 
 import os
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Side-by-side benchmarks of turbo_tasks (``make bench``; see docs/performance.md).
+"""Side-by-side benchmarks of turbo_tasks (``make bench``; see docs/topics/performance.md).
 
     .venv/bin/python bench/run.py                 # everything (~5-8 minutes here)
     .venv/bin/python bench/run.py --quick         # small N, under 2 minutes

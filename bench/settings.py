@@ -61,7 +61,7 @@ CHANNEL_LAYERS = {
     }
 }
 
-# As the README tells users to configure Celery.
+# As docs/howto/operations.md tells users to configure Celery.
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,

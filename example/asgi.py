@@ -2,7 +2,7 @@
 
 HTTP goes to Django, with static files (Turbo, the turbo_tasks element) served by the app
 itself because the demo runs uvicorn with nothing in front. Websockets are routed exactly as
-the README tells users to.
+the tutorial (docs/intro/tutorial.md) tells users to.
 """
 
 import os

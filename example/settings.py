@@ -118,4 +118,4 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # the demo starts Redis alongside
 CELERY_TASK_ROUTES = ("turbo_tasks.tasks.route",)  # turbo_tasks.deliver → its queue
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_DB_REUSE_MAX = 100  # reuse the worker's DB connection for 100 tasks (README)
+CELERY_DB_REUSE_MAX = 100  # reuse the worker DB connection 100 times (docs/howto/operations.md)

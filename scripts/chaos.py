@@ -45,7 +45,7 @@ temp dir of an outbox run that missed any).
 Exit status: 1 if "outbox" mode delivered less than 100% of the committed rows *to the
 channel layer*, or if any subscriber's page differs from the database at the end; 2 if the
 run itself failed. Every wait is bounded: the run stops by itself.
-Logs of every process: artifacts/chaos/<mode>/. See docs/reliability.md.
+Logs of every process: artifacts/chaos/<mode>/. See docs/topics/reliability.md.
 """
 
 from __future__ import annotations

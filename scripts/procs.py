@@ -63,8 +63,10 @@ class Process:
         env: dict[str, str] | None = None,
         log_dir: Path = LOG_DIR,
         log_name: str | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.cwd = cwd
         self.name = name
         self.args = args
         self.env = dict(os.environ) if env is None else env
@@ -76,7 +78,7 @@ class Process:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.args,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""The ASGI app the end-to-end tests serve, routed as the README tells users to."""
+"""The ASGI app the end-to-end tests serve, routed as docs/intro/tutorial.md says."""
 
 import os
 

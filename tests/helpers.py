@@ -128,7 +128,7 @@ def start_asgi(
         name,
         [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning",
-         # As the Procfile: shutdown can hang on channels_redis receives (README).
+         # As the Procfile: shutdown can hang on channels_redis receives (docs/howto/operations.md).
          "--timeout-graceful-shutdown", "5", *extra],
         env or test_env(),
     )  # fmt: skip

@@ -143,7 +143,7 @@ def _example_stack(tmp_path_factory: pytest.TempPathFactory, **extra: str) -> It
                 *(sys.executable, "-m", "uvicorn", "example.asgi:application"),
                 *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
                 # As in the Procfile: a socket's channel-layer receive can keep a graceful
-                # shutdown waiting forever (see docs/example.md).
+                # shutdown waiting forever (see docs/howto/example.md).
                 *("--timeout-graceful-shutdown", "5"),
             ],
             env,

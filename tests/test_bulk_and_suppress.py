@@ -374,7 +374,7 @@ def test_deleted_after_the_delete_is_an_error(broker, room):
 
 
 def test_queryset_delete_needs_no_deleted_call(broker, room):
-    # Django sends post_delete for each row QuerySet.delete() removes (README, Bulk writes).
+    # Django sends post_delete for each row QuerySet.delete() removes (docs/topics/bulk.md).
     with turbo.suppress():
         message = Message.objects.create(room=room, text="hi")
     Message.objects.filter(room=room).delete()

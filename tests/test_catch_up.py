@@ -1,4 +1,4 @@
-"""Catch-up (docs/protocol.md): offsets, replay after a reconnect or a late subscribe, and
+"""Catch-up (docs/ref/protocol.md): offsets, replay after a reconnect or a late subscribe, and
 ``reset`` when the history cannot serve a page, through the real ASGI server, a real
 Celery worker and Redis."""
 

@@ -1,4 +1,4 @@
-"""No silent gap on an open socket (docs/protocol.md, "Gap repair"): a frame dropped
+"""No silent gap on an open socket (docs/ref/protocol.md, "Catch-up", point 5): a frame dropped
 anywhere between the worker and the socket still reaches the page, in order and once.
 
 Real uvicorn servers (one per channels_redis layer) with a short ``GAP_CHECK_SECONDS``, on a

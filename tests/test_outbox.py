@@ -298,7 +298,7 @@ def test_messages_lost_between_broker_and_worker_are_delivered_anyway(
     ws_client, room, redis_client
 ):
     """kombu pops a message and records it as unacknowledged in two steps: a Redis restart
-    between them loses the message (docs/reliability.md). Here 4 of 10 messages are lost
+    between them loses the message (docs/topics/reliability.md). Here 4 of 10 messages are lost
     that way; the outbox rows they named are never confirmed, so the relay sends them
     again, and every change reaches the page."""
     client = ws_client()

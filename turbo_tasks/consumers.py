@@ -1,4 +1,4 @@
-"""The websocket consumer: the subscribe path. See docs/protocol.md."""
+"""The websocket consumer: the subscribe path. See docs/ref/protocol.md."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _patient(receive: Any) -> Any:
 
 
 class TurboStreamsConsumer(AsyncWebsocketConsumer):
-    """One socket, any number of stream subscriptions (docs/protocol.md).
+    """One socket, any number of stream subscriptions (docs/ref/protocol.md).
 
     Client → server: ``{"type": "subscribe", "stream": "<signed name>", "since": "<offset>"}``
     (``since`` optional) and ``{"type": "unsubscribe", "stream": …}``.

@@ -22,20 +22,14 @@ from turbo_tasks.suppression import suppressed
 
 def connect_receivers() -> None:
     """Connect receivers for the registered models whose stream overrides a hook."""
-    for model in registry.saving_models():
-        post_save.connect(
-            _on_post_save,
-            sender=model,
-            weak=False,
-            dispatch_uid=f"turbo_tasks.save.{model._meta.label_lower}",
-        )
-    for model in registry.deleting_models():
-        post_delete.connect(
-            _on_post_delete,
-            sender=model,
-            weak=False,
-            dispatch_uid=f"turbo_tasks.delete.{model._meta.label_lower}",
-        )
+    wanted = (
+        (post_save, _on_post_save, "save", registry.saving_models()),
+        (post_delete, _on_post_delete, "delete", registry.deleting_models()),
+    )
+    for signal, receiver, kind, models_ in wanted:
+        for model in models_:
+            uid = f"turbo_tasks.{kind}.{model._meta.label_lower}"
+            signal.connect(receiver, sender=model, weak=False, dispatch_uid=uid)
 
 
 def _on_post_save(

@@ -1,5 +1,5 @@
 // turbo_tasks client: <turbo-channels-stream-source signed-stream-name="..."> elements,
-// all fed by ONE websocket per page. Protocol: docs/protocol.md.
+// all fed by ONE websocket per page. Protocol: docs/ref/protocol.md.
 //
 // Two parts: StreamConnection owns the socket and the subscriptions and touches no DOM
 // (everything it needs is injected, so it is unit-tested under Node), and a thin custom
