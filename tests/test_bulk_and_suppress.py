@@ -401,3 +401,11 @@ def test_queryset_update_and_saved_reach_a_socket(ws_client):
         f'<turbo-stream action="replace" target="message-{message.id}"><template>'
         f'<p id="message-{message.id}">bulk edited</p></template></turbo-stream>'
     )
+
+
+def test_the_old_signals_path_of_suppress_works_and_warns():
+    from turbo_tasks import signals
+
+    with pytest.deprecated_call(match="turbo.suppress"):
+        old = signals.suppress
+    assert old is turbo.suppress

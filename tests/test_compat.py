@@ -261,3 +261,22 @@ async def test_dispatch_without_db_cleanup_runs_the_handler_dispatch_would():
 
     await _compat.dispatch_without_db_cleanup(Consumer(), {"type": "turbo.message"})
     assert handled == [{"type": "turbo.message"}]
+
+
+# -- Django: a queryset's write routing -------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", [None, "other"])
+def test_queryset_routing_gives_the_alias_update_and_delete_write_to(alias):
+    from django.db import router
+
+    from tests.testapp.models import Message
+
+    queryset = Message.objects.filter(text="x")
+    if alias is not None:
+        queryset = queryset.using(alias)
+    chosen, hints = _compat.queryset_routing(queryset)
+    assert chosen == alias
+    # QuerySet.db, once update()/delete() marked the queryset for writing:
+    queryset._for_write = True
+    assert (chosen or router.db_for_write(Message, **hints)) == queryset.db

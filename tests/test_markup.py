@@ -66,3 +66,11 @@ def test_remove_needs_no_content_and_append_exactly_one():
     check_content("remove", template=False, text=False)
     with pytest.raises(ValueError, match=r"append\(\) needs a template name .* not both"):
         check_content("append", template=True, text=True)
+
+
+def test_the_old_rendering_path_of_turbo_stream_works_and_warns():
+    from turbo_tasks import markup, rendering
+
+    with pytest.deprecated_call(match="turbo_tasks.markup.turbo_stream"):
+        old = rendering.turbo_stream
+    assert old is markup.turbo_stream
