@@ -636,6 +636,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         # for --quiet seconds while the system holds no more work, or --settle-timeout.
         settle_start = time.monotonic()
         wanted = set(committed)
+        tap.read()
+        # The rows not yet at the channel layer when the chaos stopped: the backlog the
+        # settle drains (its rate compares the modes).
+        backlog = len(wanted.difference(tap.ids))
         next_report = settle_start + 5
         while True:
             stack.supervise()
@@ -682,6 +686,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             produce_s=produce_s,
             settle_s=settle_s,
             settle_reason=reason,
+            backlog=backlog,
             tap=tap,
             page=page,
             chaos=chaos,
@@ -971,6 +976,8 @@ def report(**kw: Any) -> dict[str, Any]:
         },
         "settle_s": round(kw["settle_s"], 1),
         "settle_reason": kw["settle_reason"],
+        "backlog_rows": kw["backlog"],
+        "drain_rows_per_s": round(kw["backlog"] / kw["settle_s"], 1) if kw["settle_s"] else 0,
         "pending_at_end": kw["pending"],
         "chaos_events": kw["chaos"].events,
         "workers_started": kw["stack"].workers_started,
@@ -1023,7 +1030,8 @@ def table(results: dict[str, Any]) -> str:
             f"page reconnects {r['page_reconnects']} (unanswered subscribes "
             f"{r['page_unanswered_subscribes']}), worker exits on their own "
             f"{len(r['worker_exits_on_their_own'])}, settle {r['settle_s']}s "
-            f"({r['settle_reason']}), commit p99 {r['commit_latency_s']['p99']}s "
+            f"({r['settle_reason']}; backlog {r['backlog_rows']} rows, drained at "
+            f"{r['drain_rows_per_s']}/s), commit p99 {r['commit_latency_s']['p99']}s "
             f"max {r['commit_latency_s']['max']}s, layer latency p50 "
             f"{r['layer']['latency_s']['p50']}s max {r['layer']['latency_s']['max']}s; "
             f"{r.get('edits', 0)} edits, {r.get('deleted', 0)} deletes"

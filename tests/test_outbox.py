@@ -66,6 +66,39 @@ def test_published_rows_not_confirmed_in_time_are_published_again(durable, room)
     # worker died: nobody confirms, and once the claim expires a relay sends it again.
     with override_settings(TURBO_TASKS={**durable_settings(durable), "OUTBOX_CLAIM_SECONDS": 0}):
         message = Message.objects.create(room=room, text="lost once")
+        assert durable.jobs() == [save_job(message)]
+        durable.client.rpop(durable.queue)  # lost
+        assert outbox.relay_once() == 1
+    assert durable.jobs() == [save_job(message)]
+
+
+def test_rows_whose_message_still_waits_in_the_queue_are_not_published_again(durable, room):
+    # Workers fell behind: the messages wait in the queue longer than their claim.
+    with override_settings(TURBO_TASKS={**durable_settings(durable), "OUTBOX_CLAIM_SECONDS": 0}):
+        first = Message.objects.create(room=room, text="first")
+        second = Message.objects.create(room=room, text="second")
+        assert outbox.relay_once() == 0
+        assert outbox.relay_once() == 0
+    assert durable.jobs() == [save_job(first), save_job(second)]
+
+
+def test_a_lost_row_older_than_the_queued_ones_is_published_again(durable, room):
+    with override_settings(TURBO_TASKS={**durable_settings(durable), "OUTBOX_CLAIM_SECONDS": 0}):
+        lost = Message.objects.create(room=room, text="lost")
+        queued = Message.objects.create(room=room, text="queued")
+        # The first message was published well before the second, then lost: the queue
+        # moved past it.
+        earlier = timezone.now() - timedelta(seconds=30)
+        OutboxJob.objects.filter(job__pk=lost.pk).update(published_at=earlier)
+        durable.client.rpop(durable.queue)
+        assert outbox.relay_once() == 1
+    assert durable.jobs() == [save_job(queued), save_job(lost)]
+
+
+def test_a_queue_the_relay_cannot_look_into_holds_nothing(durable, room, monkeypatch):
+    monkeypatch.setattr(publish, "queue_head", lambda count: None)  # e.g. RabbitMQ
+    with override_settings(TURBO_TASKS={**durable_settings(durable), "OUTBOX_CLAIM_SECONDS": 0}):
+        message = Message.objects.create(room=room, text="waiting or lost: unknown")
         assert outbox.relay_once() == 1
     assert durable.jobs() == [save_job(message), save_job(message)]
 

@@ -169,3 +169,30 @@ def test_secret_snapshot_fields_are_masked_in_flowers_args_only(redis_client):
         ]
     ]
     assert json.loads(base64.b64decode(message["body"]))[0] == [jobs]  # the task gets them
+
+
+def test_queue_head_reads_the_oldest_messages_first_as_both_publishers_write_them(redis_client):
+    queue = "peek-publish"
+    redis_client.delete(queue)
+    with override_settings(TURBO_TASKS={"QUEUE": queue}):
+        with override_settings(TURBO_TASKS={"QUEUE": queue, "FAST_PUBLISH": False}):
+            publish.publish(celery_app, [{"n": 1}], {"outbox": [1]}, queue)
+        publish.publish(celery_app, [{"n": 2}], {"outbox": [2], "using": "other"}, queue)
+        publish.publish(celery_app, [{"n": 3}], {}, queue)
+        head = publish.queue_head(2)
+        everything = publish.queue_head(10)
+    redis_client.delete(queue)
+    assert head == [
+        ([[{"n": 1}]], {"outbox": [1]}),
+        ([[{"n": 2}]], {"outbox": [2], "using": "other"}),
+    ]
+    assert [args for args, _ in everything] == [[[{"n": 1}]], [[{"n": 2}]], [[{"n": 3}]]]
+
+
+def test_queue_head_is_none_for_a_broker_it_cannot_look_into():
+    other = Celery("amqp-app", broker="amqp://guest@127.0.0.1:1//", set_as_current=False)
+    other.set_current()
+    try:
+        assert publish.queue_head(10) is None
+    finally:
+        celery_app.set_current()

@@ -19,6 +19,9 @@ class OutboxJob(models.Model):
     # A publisher (the committing process or a relay) owns the row until claimed_until.
     claim = models.UUIDField(null=True, blank=True, db_index=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # When its job was last published: the relay compares it with the oldest message still
+    # waiting in the broker's queue, to tell a queued row from a lost one.
+    published_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["id"]

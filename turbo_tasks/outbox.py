@@ -10,6 +10,13 @@ claim (``OUTBOX_CLAIM_SECONDS``) expires. Publishers *claim* rows before publish
 so several relays, and a relay racing the committing process, never publish a row twice
 while its claim holds. At least once, end to end: a duplicate is harmless (Turbo actions
 are idempotent by element id) and gets a new offset.
+
+Queued is not lost: when workers fall behind, a message may wait in the broker's queue
+longer than its claim. On a Redis broker the relay looks at the queue's oldest messages
+(``publish.queue_head``): a queue is first in, first out, so every row published since the
+oldest message still waiting may be waiting too, and the relay extends those rows' claims
+instead of publishing them again. A row published before it has left the queue: if no
+worker confirms it within a claim, it was lost, and the relay publishes it again.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections, router, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
 from turbo_tasks import conf, publish
@@ -33,6 +40,11 @@ logger = logging.getLogger(__name__)
 # Sends jobs (naming their outbox rows), returns how many of them (a prefix) were sent:
 # publish.send_jobs.
 Sender = Callable[[Sequence[Job], str, Sequence[int]], int]
+
+# How many of the queue's oldest messages the relay reads to find the oldest of its rows.
+HEAD_MESSAGES = 10
+# How far the clocks of two publishing processes may disagree.
+CLOCK_SLACK = timedelta(seconds=2)
 
 
 def record(job: Job, using: str) -> int:
@@ -48,8 +60,11 @@ def publish_rows(ids: list[int], jobs: list[Job], using: str, send: Sender | Non
 
     rows = OutboxJob._base_manager.using(using)
     token = uuid.uuid4()
-    until = timezone.now() + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
-    claimed = rows.filter(pk__in=ids, claim__isnull=True).update(claim=token, claimed_until=until)
+    now = timezone.now()
+    until = now + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
+    claimed = rows.filter(pk__in=ids, claim__isnull=True).update(
+        claim=token, claimed_until=until, published_at=now
+    )
     pairs: list[tuple[int, Any]] = list(zip(ids, jobs, strict=True))
     if claimed != len(ids):
         # A relay got there first (we were slow); publish only what is ours.
@@ -97,6 +112,9 @@ def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int
     rows = OutboxJob._base_manager.using(using)
     now = timezone.now()
     size = conf.get("MAX_JOBS_PER_MESSAGE")
+    held = hold_queued(rows, using, now)
+    if held:
+        logger.debug("turbo_tasks relay: %d outbox row(s) on %r still queued", held, using)
     published = 0
     while True:
         token = uuid.uuid4()
@@ -113,13 +131,45 @@ def relay_once(using: str = DEFAULT_DB_ALIAS, send: Sender | None = None) -> int
             return published
 
 
+def hold_queued(rows: QuerySet[Any], using: str, now: datetime) -> int:
+    """Extend the claims, about to run out, of rows whose message may still be waiting in
+    the broker's queue: those published since the oldest message of ``using``'s rows that
+    is still there (all published rows when none of the oldest names rows that still exist).
+    Nothing when the queue is empty or cannot be looked into. Returns how many."""
+    head = publish.queue_head(HEAD_MESSAGES)
+    if not head:
+        return 0
+    claim = timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
+    queued = rows.filter(published_at__isnull=False, claimed_until__lt=now + claim / 2)
+    oldest = _oldest_published(rows, head, using)
+    if oldest is not None:
+        queued = queued.filter(published_at__gte=oldest - CLOCK_SLACK)
+    return queued.update(claimed_until=now + claim)
+
+
+def _oldest_published(rows: QuerySet[Any], head: list[tuple[Any, Any]], using: str) -> Any:
+    """When the oldest of these waiting messages that names rows of ``using`` was
+    published; None if none does."""
+    for _, kwargs in head:
+        if not isinstance(kwargs, dict) or kwargs.get("using", DEFAULT_DB_ALIAS) != using:
+            continue
+        ids = kwargs.get("outbox")
+        ids = [pk for pk in ids if type(pk) is int] if isinstance(ids, list) else []
+        if ids:
+            found = rows.filter(pk__in=ids).aggregate(at=Min("published_at"))["at"]
+            if found is not None:
+                return found
+    return None
+
+
 def _claim(rows: QuerySet[Any], token: uuid.UUID, now: datetime, size: int, using: str) -> bool:
     """Claim up to ``size`` free rows old enough for the relay with ``token``; return
     whether there were any candidates."""
     free = Q(claim__isnull=True) | Q(claimed_until__lt=now)
     old = now - timedelta(seconds=conf.get("OUTBOX_RELAY_AGE"))
     candidates = rows.filter(free, created_at__lte=old).order_by("pk")
-    until = timezone.now() + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
+    claimed_at = timezone.now()
+    until = claimed_at + timedelta(seconds=conf.get("OUTBOX_CLAIM_SECONDS"))
     if connections[using].features.has_select_for_update_skip_locked:
         # PostgreSQL, MySQL 8, Oracle: lock the candidates, skipping rows another relay
         # has locked, so concurrent relays take disjoint batches instead of queueing on
@@ -129,14 +179,18 @@ def _claim(rows: QuerySet[Any], token: uuid.UUID, now: datetime, size: int, usin
                 candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)[:size]
             )
             if ids:
-                rows.filter(pk__in=ids).update(claim=token, claimed_until=until)
+                rows.filter(pk__in=ids).update(
+                    claim=token, claimed_until=until, published_at=claimed_at
+                )
         return bool(ids)
     # Elsewhere (SQLite) the claim is a conditional UPDATE that repeats the "free"
     # condition: of two relays updating the same rows, the second sees the first one's
     # claim and takes nothing.
     ids = list(candidates.values_list("pk", flat=True)[:size])
     if ids:
-        rows.filter(free, pk__in=ids).update(claim=token, claimed_until=until)
+        rows.filter(free, pk__in=ids).update(
+            claim=token, claimed_until=until, published_at=claimed_at
+        )
     return bool(ids)
 
 

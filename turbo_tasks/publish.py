@@ -220,3 +220,41 @@ def _make_publisher(app: Celery) -> RedisPublisher | None:
     ):
         return None
     return RedisPublisher(url, options)
+
+
+# -- looking into the queue ------------------------------------------------------------------
+
+_readers: weakref.WeakKeyDictionary[Celery, redis.Redis | None] = weakref.WeakKeyDictionary()
+
+
+def queue_head(count: int) -> list[tuple[Any, Any]] | None:
+    """The ``count`` oldest messages waiting in ``TURBO_TASKS["QUEUE"]``, oldest first, as
+    ``(args, kwargs)``; None when the broker is not one turbo_tasks can look into (a Redis
+    broker without failover or SSL). The outbox relay uses it to leave alone rows whose
+    message is still waiting there."""
+    from celery import current_app
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        client = _readers[app]
+    except KeyError:
+        client = _readers[app] = _make_reader(app)
+    if client is None:
+        return None
+    prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix") or "")
+    return _compat.oldest_redis_messages(client, prefix + conf.get("QUEUE"), count)
+
+
+def _make_reader(app: Celery) -> redis.Redis | None:
+    # Celery consumes from broker_read_url when one is set.
+    url = app.conf.broker_read_url or app.conf.broker_url
+    if not isinstance(url, str) or not url.startswith("redis://") or ";" in url:
+        return None
+    if app.conf.broker_use_ssl:
+        return None
+    options = app.conf.broker_transport_options or {}
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=options.get("socket_timeout", 5),
+        socket_connect_timeout=options.get("socket_connect_timeout", 5),
+    )

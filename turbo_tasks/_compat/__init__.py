@@ -30,6 +30,9 @@ from turbo_tasks._compat.db import (
 from turbo_tasks._compat.kombu import (
     TaskMessageLayout as TaskMessageLayout,
 )
+from turbo_tasks._compat.kombu import (
+    oldest_redis_messages as oldest_redis_messages,
+)
 from turbo_tasks._compat.layers import (
     RECEIVE_DISCONNECTS as RECEIVE_DISCONNECTS,
 )

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import uuid
+from typing import Any
 
 _EMBED_JSON = json.dumps(
     {"callbacks": None, "errbacks": None, "chain": None, "chord": None}, separators=(",", ":")
@@ -71,3 +72,21 @@ class TaskMessageLayout:
                 b'"}}',
             )
         )
+
+
+def oldest_redis_messages(client: Any, key: str, count: int) -> list[tuple[Any, Any]]:
+    """The ``count`` oldest task messages waiting in the kombu Redis queue ``key``, oldest
+    first, as ``(args, kwargs)``. kombu ``LPUSH``es and ``BRPOP``s, so the oldest are at the
+    list's right end. A message that does not decode as a JSON task is left out."""
+    found = []
+    for raw in reversed(client.lrange(key, -count, -1)):
+        try:
+            message = json.loads(raw)
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args, kwargs, _ = json.loads(body)
+        except (ValueError, KeyError, TypeError):
+            continue
+        found.append((args, kwargs))
+    return found
