@@ -563,3 +563,53 @@ def test_deleted_child_of_a_surviving_parent_gets_the_real_parent(room):
     assert len(queries) == 1  # one in_bulk, not one query per message
     assert [(r.pk, r.name) for r in rooms] == [(room.pk, "renamed")] * 3
     assert rooms[0] is rooms[1]
+
+
+# -- the signal's other arguments (turbo-django passed them all) ------------------------------
+
+
+class _SignalSpy:
+    broadcasts_refreshes = False
+
+    def __init__(self, instance):
+        pass
+
+
+def _run_with(stream_class, jobs, using="default"):
+    steps = delivery._plan(jobs, using)
+    rows = delivery._reload(steps, using)
+    for step in steps:
+        step.stream_class = stream_class
+        delivery._run_step(step, rows, using, delivery.Delivery())
+
+
+def test_hooks_with_kwargs_get_update_fields_raw_and_using(room):
+    seen = []
+
+    class Spy(_SignalSpy):
+        def on_save(self, instance, created, *args, **kwargs):
+            seen.append(("save", kwargs))
+
+        def on_delete(self, instance, *args, **kwargs):
+            seen.append(("delete", kwargs))
+
+    message = Message.objects.create(room=room, text="hi")
+    gone = delete(message)
+    message.delete()
+    kept = Message.objects.create(room=room, text="still here")
+    _run_with(Spy, [save(kept, update_fields=["text"]), gone])
+    assert seen == [
+        ("save", {"update_fields": frozenset({"text"}), "raw": False, "using": "default"}),
+        ("delete", {"using": "default"}),
+    ]
+
+
+def test_hooks_get_only_the_signal_arguments_they_name(room):
+    seen = []
+
+    class Spy(_SignalSpy):
+        def on_save(self, instance, created, using=None):
+            seen.append(using)
+
+    _run_with(Spy, [save(Message.objects.create(room=room, text="hi"))])
+    assert seen == ["default"]

@@ -240,13 +240,14 @@ def _run_step(
     # The hooks run as the request that made the change did: its language, time zone and
     # sender; so do the actions they send (Broadcast captures it).
     with request_context.activated(step.request):
-        _call_hooks(step, rows)
+        _call_hooks(step, rows, using)
 
 
-def _call_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> None:
+def _call_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model], using: str) -> None:
     stream_class = step.stream_class
     if step.deleted is not None:
-        stream_class(step.deleted).on_delete(step.deleted)
+        extra = _signal_kwargs(stream_class.on_delete, using=using)
+        stream_class(step.deleted).on_delete(step.deleted, **extra)
         if stream_class.broadcasts_refreshes and step.created is None:
             stream_class(step.deleted).refresh(debounce=True)
     if step.created is not None:
@@ -258,19 +259,31 @@ def _call_hooks(step: _RowStep, rows: dict[tuple[type, Any], models.Model]) -> N
                 step.pk,
             )
             return
-        hook = stream_class.on_save
-        extra = {"update_fields": step.update_fields} if _takes_update_fields(hook) else {}
+        extra = _signal_kwargs(
+            stream_class.on_save, update_fields=step.update_fields, raw=False, using=using
+        )
         stream_class(row).on_save(row, created=step.created, **extra)
         if stream_class.broadcasts_refreshes:
             stream_class(row).refresh(debounce=True)
 
 
+def _signal_kwargs(hook: Callable[..., Any], **values: Any) -> dict[str, Any]:
+    """The signal's keyword arguments ``hook`` accepts (by name, or all with ``**kwargs``),
+    as turbo-django passed them: hooks written as ``on_save(self, instance, created)`` keep
+    working. ``raw`` is always False: loaddata's saves are not broadcast."""
+    accepted = _accepted(hook)
+    return values if accepted is None else {k: v for k, v in values.items() if k in accepted}
+
+
 @functools.cache
-def _takes_update_fields(hook: Callable[..., Any]) -> bool:
-    """Whether an ``on_save`` accepts ``update_fields=`` (by name or ``**kwargs``): hooks
-    written as ``on_save(self, instance, created)`` keep working."""
+def _accepted(hook: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword names ``hook`` accepts; None when it takes ``**kwargs``."""
     parameters = inspect.signature(hook).parameters.values()
-    return any(p.kind is p.VAR_KEYWORD or p.name == "update_fields" for p in parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(
+        p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
 
 
 def render_frames(

@@ -319,7 +319,10 @@ class ModelStream(Stream):
 
         ``kwargs["update_fields"]`` is the frozenset of field names passed to ``save()``
         (merged over the saves of the row in one transaction), or None when a save named
-        none, so a hook can skip saves that changed nothing it shows::
+        none, so a hook can skip saves that changed nothing it shows. ``kwargs`` also holds
+        ``raw`` (always False: loaddata's saves are not broadcast) and ``using``, the
+        database written to; a hook that names some of them and takes no ``**kwargs`` gets
+        only those::
 
             def on_save(self, message, created, *args, update_fields=None, **kwargs):
                 if update_fields is not None and "text" not in update_fields:
@@ -328,4 +331,5 @@ class ModelStream(Stream):
 
     def on_delete(self, instance: Any, *args: Any, **kwargs: Any) -> None:
         """Called in a worker after a delete commits; ``instance`` is rebuilt from a snapshot
-        taken at delete time, so its fields and foreign keys work as before the delete."""
+        taken at delete time, so its fields and foreign keys work as before the delete.
+        ``kwargs["using"]`` is the database the delete went to."""
