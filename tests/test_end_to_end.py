@@ -97,6 +97,37 @@ def test_deferred_action_reloads_model_instances_in_context(ws_client):
     )
 
 
+def test_dates_decimals_uuids_and_querysets_travel_to_the_worker(ws_client):
+    import datetime
+    import decimal
+    import uuid
+
+    from django.utils import timezone
+
+    room = Room.objects.create(name="lobby")
+    client = ws_client()
+    client.subscribe(room.stream.signed_name)
+    Message.objects.create(room=room, text="one")
+    Message.objects.create(room=room, text="two")
+    assert 'action="append"' in client.messages()
+    assert 'action="append"' in client.messages()
+    context = {
+        "at": datetime.datetime(2026, 12, 7, 10, 38, tzinfo=datetime.timezone.utc),
+        "day": datetime.date(2026, 12, 24),
+        "price": decimal.Decimal("9.9"),
+        "token": uuid.UUID("6f1c5a2e-8b1d-4c3e-9a2f-1b2c3d4e5f60"),
+        "messages": room.messages.order_by("-pk"),
+    }
+    room.stream.update("chat/values.html", context, id="values")
+    # Shown in the current time zone, as the caller's template would have.
+    local = timezone.localtime(context["at"]).strftime("%Y-%m-%d %H:%M")
+    assert client.messages() == (
+        '<turbo-stream action="update" target="values"><template><p id="values">'
+        f"{local} 2026-12-24 9.90 6f1c5a2e-8b1d-4c3e-9a2f-1b2c3d4e5f60 two;one;</p>\n"
+        "</template></turbo-stream>"
+    )
+
+
 def test_plain_stream_with_init_arguments(ws_client, django_user_model):
     user = django_user_model.objects.create(username="ann")
     stream = NotificationStream(user.pk)
