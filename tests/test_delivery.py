@@ -122,7 +122,10 @@ def test_delete_hook_sees_the_row_as_it_was(room):
         ("not a list", "jobs must be a list"),
         ([{}] * 100_001, "100001 jobs in one task; at most 100000"),
         ([42], "job 0: must be an object"),
-        ([{"action": "explode"}], "job 0: 'action' must be save, delete, broadcast or recheck"),
+        (
+            [{"action": "explode"}],
+            "job 0: 'action' must be save, delete, broadcast, recheck or raw",
+        ),
         (
             [{"action": "save", "model": "nope.nothing", "pk": 1, "created": True}],
             "job 0: unknown model 'nope.nothing'",
@@ -613,3 +616,22 @@ def test_hooks_get_only_the_signal_arguments_they_name(room):
 
     _run_with(Spy, [save(Message.objects.create(room=room, text="hi"))])
     assert seen == ["default"]
+
+
+def test_a_hook_can_send_markup_it_rendered_itself(room):
+    class Spy(_SignalSpy):
+        def on_save(self, instance, created, **kwargs):
+            instance.room.stream.stream_raw('<turbo-stream action="refresh"></turbo-stream>')
+
+    steps = delivery._plan([save(Message.objects.create(room=room, text="hi"))], "default")
+    rows = delivery._reload(steps, "default")
+    steps[0].stream_class = Spy
+    result = delivery.Delivery()
+    token = delivery.collector.set(result.broadcasts)
+    try:
+        delivery._run_step(steps[0], rows, "default", result)
+    finally:
+        delivery.collector.reset(token)
+    assert [(b.action, b.html, b.group) for b in result.broadcasts] == [
+        ("raw", '<turbo-stream action="refresh"></turbo-stream>', room.stream.group_name)
+    ]

@@ -128,6 +128,22 @@ def test_dates_decimals_uuids_and_querysets_travel_to_the_worker(ws_client):
     )
 
 
+def test_frames_rendered_by_the_caller_reach_the_socket_after_commit(ws_client):
+    import turbo_tasks as turbo
+
+    room = Room.objects.create(name="lobby")
+    client = ws_client()
+    client.subscribe(room.stream.signed_name)
+    with transaction.atomic():
+        frame = turbo.TurboRender("<b>rendered here</b>").update(id="banner")
+        room.stream.stream(frame)
+        room.stream.stream_raw('<turbo-stream action="remove" target="old"></turbo-stream>')
+    assert client.messages() == (
+        '<turbo-stream action="update" target="banner"><template><b>rendered here</b>'
+        '</template></turbo-stream><turbo-stream action="remove" target="old"></turbo-stream>'
+    )
+
+
 def test_plain_stream_with_init_arguments(ws_client, django_user_model):
     user = django_user_model.objects.create(username="ann")
     stream = NotificationStream(user.pk)

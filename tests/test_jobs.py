@@ -53,3 +53,12 @@ def test_built_recheck_and_trailing_refresh_jobs_are_valid():
 def test_broadcast_jobs_follow_the_rules_an_action_call_follows(job, message):
     with pytest.raises(InvalidJob, match=message):
         validate([job])
+
+
+def test_raw_jobs_carry_markup_and_are_checked():
+    from turbo_tasks.jobs import raw_job
+
+    job = raw_job(REF, '<turbo-stream action="remove" target="a"></turbo-stream>', True)
+    assert validate([job]) == [job]
+    with pytest.raises(InvalidJob, match="job 0: 'html' must be a string"):
+        validate([{"action": "raw", "stream": REF, "html": 5}])

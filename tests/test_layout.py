@@ -42,6 +42,7 @@ TIERS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(
         (
             "", "apps", "checks", "testing", "templatetags", "templatetags.turbo_tasks",
+            "templatetags.turbo_streams",
             "management", "management.commands", "management.commands.turbo_tasks_relay",
             "management.commands.turbo_tasks_rerun",
         ),

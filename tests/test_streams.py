@@ -99,3 +99,85 @@ def test_model_stream_from_pk_is_the_rows_stream():
     assert isinstance(stream, RoomStream)
     assert stream == room.stream
     assert stream.instance == room
+
+
+# -- turbo-django's call shapes ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_actions_take_turbo_djangos_positional_order(broker):
+    room = Room.objects.create(name="r")
+    room.stream.append("chat/message.html", {"n": 1}, None, None, "messages")
+    room.stream.update(None, None, "hi", ".notes")
+    room.stream.remove(None, "message-5")
+    room.stream.remove(".gone")
+    shapes = [
+        (j["turbo_action"], j.get("target"), j.get("targets"), j.get("text")) for j in broker.jobs()
+    ]
+    assert shapes == [
+        ("append", "messages", None, None),
+        ("update", None, ".notes", "hi"),
+        ("remove", "message-5", None, None),
+        ("remove", None, ".gone", None),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_awaitable_actions_take_the_same_arguments(broker):
+    from asgiref.sync import async_to_sync
+
+    room = Room.objects.create(name="r")
+    async_to_sync(room.stream.aappend)("chat/message.html", {"n": 1}, id="messages")
+    async_to_sync(room.stream.aremove)(None, "message-5")
+    assert [(j["turbo_action"], j["target"]) for j in broker.jobs()] == [
+        ("append", "messages"),
+        ("remove", "message-5"),
+    ]
+
+
+def test_model_stream_takes_a_pk_positionally():
+    from tests.testapp.streams import RoomStream
+
+    assert RoomStream(7) == RoomStream.from_pk(7) == Room(pk=7).stream
+    assert RoomStream(7).pk == 7
+
+
+def test_init_args_and_broadcastable_name_are_turbo_djangos_names():
+    note = NotificationStream(5)
+    assert Room(pk=3).stream.get_init_args() == [3]
+    assert note.get_init_args() == [5]
+    assert note.get_init_kwargs() == {}
+    assert note.broadcastable_stream_name == note.group_name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stream_raw_and_turbo_render_defer_the_markup_as_it_is(broker):
+    room = Room.objects.create(name="r")
+    frame = turbo.TurboRender.init_from_template("chat/notice.html", {"notice": None})
+    room.stream.stream(frame.update(id="notice"))
+    room.stream.stream_raw('<turbo-stream action="remove" target="x"></turbo-stream>')
+    assert [(j["action"], j["html"]) for j in broker.jobs()] == [
+        ("raw", frame.rendered_template),
+        ("raw", '<turbo-stream action="remove" target="x"></turbo-stream>'),
+    ]
+    assert frame.rendered_template.startswith('<turbo-stream action="update" target="notice">')
+
+
+def test_turbo_render_needs_an_action_and_one_target():
+    frame = turbo.TurboRender("<b>hi</b>")
+    with pytest.raises(ValueError, match="no action yet"):
+        frame.rendered_template  # noqa: B018
+    with pytest.raises(ValueError, match="Pass exactly one of id="):
+        frame.append()
+    assert frame.append(selector=".log").rendered_template == (
+        '<turbo-stream action="append" targets=".log"><template><b>hi</b></template></turbo-stream>'
+    )
+    assert frame.response["Content-Type"] == "text/vnd.turbo-stream.html; charset=utf-8"
+    assert frame.response.content.decode() == frame.rendered_template
+
+
+def test_from_instance_is_the_instances_stream():
+    from tests.testapp.streams import RoomStream
+
+    room = Room(pk=4)
+    assert RoomStream.from_instance(room) == room.stream

@@ -167,3 +167,17 @@ def test_turbo_tasks_script_tag_follows_static_url() -> None:
         '<script type="module" src="https://cdn.example/assets/turbo_tasks/turbo-tasks.js">'
         "</script>"
     )
+
+
+def test_turbo_streams_is_turbo_djangos_name_for_the_library() -> None:
+    room = Room(pk=3)
+    with patch("django.core.signing.time.time", return_value=1_800_000_000.0):
+        ours = Template("{% load turbo_tasks %}{% turbo_subscribe room %}")
+        theirs = Template("{% load turbo_streams %}{% turbo_subscribe room %}")
+        assert theirs.render(Context({"room": room})) == ours.render(Context({"room": room}))
+
+
+def test_turbo_head_include_loads_turbo_and_the_element() -> None:
+    html = Template('{% include "turbo/head.html" %}').render(Context({}))
+    assert '<script type="module" src="/static/turbo.es2017-esm.js"></script>' in html
+    assert '<script type="module" src="/static/turbo_tasks/turbo-tasks.js"></script>' in html

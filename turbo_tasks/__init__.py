@@ -18,7 +18,7 @@ from turbo_tasks.streams import ModelStream, Stream
 from turbo_tasks.suppression import suppress
 
 if TYPE_CHECKING:
-    from turbo_tasks.http import TurboStreamResponse, accepts_turbo_stream
+    from turbo_tasks.http import TurboRender, TurboStreamResponse, accepts_turbo_stream
 
 APPEND, PREPEND, REPLACE, UPDATE, BEFORE, AFTER, REMOVE, REFRESH = ACTIONS
 
@@ -35,6 +35,7 @@ __all__ = [
     "Broadcast",
     "ModelStream",
     "Stream",
+    "TurboRender",
     "TurboStreamResponse",
     "accepts_turbo_stream",
     "deleted",
@@ -47,7 +48,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # turbo_tasks.http imports django.http, which worker processes and `import turbo_tasks`
     # in settings-time code have no use for: load it on first use.
-    if name in ("TurboStreamResponse", "accepts_turbo_stream"):
+    if name in ("TurboRender", "TurboStreamResponse", "accepts_turbo_stream"):
         from turbo_tasks import http
 
         return getattr(http, name)

@@ -1,31 +1,44 @@
 """Stream actions: one ``<turbo-stream>`` frame each, sync and awaitable.
 
 The markup of each is in turbo_tasks.streams.Stream's docstring; every action goes through
-``Stream._send``.
+``Stream._send``. Arguments follow turbo-django's order, so its calls work unchanged::
+
+    stream.append("chat/message.html", {"message": m}, None, None, "messages")
+    stream.remove(None, f"message-{m.id}")      # remove(selector, id)
+
+though naming them reads better: ``stream.append("chat/message.html", {…}, id="messages")``.
+``text=`` sends text, HTML-escaped, instead of a template; ``selector=`` a CSS selector
+(``targets="…"``) instead of an element id (``target="…"``). ``exclude_sender=True`` skips
+the socket of the page whose request sent the action (the ``X-Turbo-Tasks-Socket`` header,
+see turbo_tasks.middleware); None (the default) follows the stream's
+``Meta.exclude_sender``. ``method="morph"`` (replace and update) morphs instead.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Literal, ParamSpec
 
 from asgiref.sync import sync_to_async
 
-from turbo_tasks.rendering import Context, Target
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Unpack
+from turbo_tasks.rendering import Context
 
 Morph = Literal["morph"] | None
+P = ParamSpec("P")
 
 
-class Options(Target, total=False):
-    """An action's target and ``text`` (turbo_tasks.rendering.Target), and
-    ``exclude_sender``: True skips the socket of the page whose request sent the action
-    (the ``X-Turbo-Tasks-Socket`` header, see turbo_tasks.middleware); None (the default)
-    follows the stream's ``Meta.exclude_sender``."""
+def _awaitable(
+    action: Callable[Concatenate[Any, P], None],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, None]]:
+    """The awaitable twin of a sync action: the action (as the stream's class defines it)
+    in Django's sync thread, where it may touch the database."""
 
-    exclude_sender: bool | None
+    async def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        await sync_to_async(getattr(self, action.__name__))(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = f"a{action.__name__}"
+    run.__doc__ = f"Await :meth:`{action.__name__}` (same arguments)."
+    return run
 
 
 class Actions:
@@ -37,60 +50,94 @@ class Actions:
     # -- actions (markup in the class docstring) ---------------------------------------
 
     def append(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
+        self,
+        template: str | None = None,
+        context: Context = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
+        *,
+        exclude_sender: bool | None = None,
     ) -> None:
         """Add the content at the end of the target (``action="append"``)."""
-        self._send("append", template, context, **to)
+        self._send("append", template, context, text, selector, id, exclude_sender)
 
     def prepend(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
+        self,
+        template: str | None = None,
+        context: Context = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
+        *,
+        exclude_sender: bool | None = None,
     ) -> None:
         """Add the content at the start of the target (``action="prepend"``)."""
-        self._send("prepend", template, context, **to)
+        self._send("prepend", template, context, text, selector, id, exclude_sender)
 
     def replace(
         self,
         template: str | None = None,
         context: Context = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
         *,
         method: Morph = None,
-        **to: Unpack[Options],
+        exclude_sender: bool | None = None,
     ) -> None:
         """Replace the target element itself (``action="replace"``)."""
-        self._send("replace", template, context, method=method, **to)
+        self._send("replace", template, context, text, selector, id, exclude_sender, method)
 
     def update(
         self,
         template: str | None = None,
         context: Context = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
         *,
         method: Morph = None,
-        **to: Unpack[Options],
+        exclude_sender: bool | None = None,
     ) -> None:
         """Replace the target's children (``action="update"``)."""
-        self._send("update", template, context, method=method, **to)
+        self._send("update", template, context, text, selector, id, exclude_sender, method)
 
     def before(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
+        self,
+        template: str | None = None,
+        context: Context = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
+        *,
+        exclude_sender: bool | None = None,
     ) -> None:
         """Insert the content before the target (``action="before"``)."""
-        self._send("before", template, context, **to)
+        self._send("before", template, context, text, selector, id, exclude_sender)
 
     def after(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
+        self,
+        template: str | None = None,
+        context: Context = None,
+        text: str | None = None,
+        selector: str | None = None,
+        id: str | None = None,
+        *,
+        exclude_sender: bool | None = None,
     ) -> None:
         """Insert the content after the target (``action="after"``)."""
-        self._send("after", template, context, **to)
+        self._send("after", template, context, text, selector, id, exclude_sender)
 
     def remove(
         self,
-        *,
-        id: str | None = None,
         selector: str | None = None,
+        id: str | None = None,
+        *,
         exclude_sender: bool | None = None,
     ) -> None:
         """Remove the target: ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
-        self._send("remove", None, None, id=id, selector=selector, exclude_sender=exclude_sender)
+        self._send("remove", None, None, None, selector, id, exclude_sender)
 
     def refresh(self, *, debounce: bool = False, exclude_sender: bool | None = None) -> None:
         """Make subscribed pages reload themselves through Turbo 8:
@@ -101,66 +148,15 @@ class Actions:
         ``TURBO_TASKS["REFRESH_DEBOUNCE_SECONDS"]`` across all workers, sent at the end of
         the window (so after the last change in it).
         """
-        self._send("refresh", None, None, exclude_sender=exclude_sender, debounce=debounce)
+        self._send("refresh", None, None, None, None, None, exclude_sender, debounce=debounce)
 
     # -- awaitable actions: the sync action in Django's sync thread ----------------------
 
-    async def aappend(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
-    ) -> None:
-        """Await :meth:`append`: ``<turbo-stream action="append" target="{id}"><template>…``."""
-        await sync_to_async(self.append)(template, context, **to)
-
-    async def aprepend(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
-    ) -> None:
-        """Await :meth:`prepend`: ``<turbo-stream action="prepend" target="{id}"><template>…``."""
-        await sync_to_async(self.prepend)(template, context, **to)
-
-    async def areplace(
-        self,
-        template: str | None = None,
-        context: Context = None,
-        *,
-        method: Morph = None,
-        **to: Unpack[Options],
-    ) -> None:
-        """Await :meth:`replace`: ``<turbo-stream action="replace" target="{id}"><template>…``."""
-        await sync_to_async(self.replace)(template, context, method=method, **to)
-
-    async def aupdate(
-        self,
-        template: str | None = None,
-        context: Context = None,
-        *,
-        method: Morph = None,
-        **to: Unpack[Options],
-    ) -> None:
-        """Await :meth:`update`: ``<turbo-stream action="update" target="{id}"><template>…``."""
-        await sync_to_async(self.update)(template, context, method=method, **to)
-
-    async def abefore(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
-    ) -> None:
-        """Await :meth:`before`: ``<turbo-stream action="before" target="{id}"><template>…``."""
-        await sync_to_async(self.before)(template, context, **to)
-
-    async def aafter(
-        self, template: str | None = None, context: Context = None, **to: Unpack[Options]
-    ) -> None:
-        """Await :meth:`after`: ``<turbo-stream action="after" target="{id}"><template>…``."""
-        await sync_to_async(self.after)(template, context, **to)
-
-    async def aremove(
-        self,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        exclude_sender: bool | None = None,
-    ) -> None:
-        """Await :meth:`remove`: ``<turbo-stream action="remove" target="{id}"></turbo-stream>``."""
-        await sync_to_async(self.remove)(id=id, selector=selector, exclude_sender=exclude_sender)
-
-    async def arefresh(self, *, debounce: bool = False, exclude_sender: bool | None = None) -> None:
-        """Await :meth:`refresh`: ``<turbo-stream action="refresh"></turbo-stream>``."""
-        await sync_to_async(self.refresh)(debounce=debounce, exclude_sender=exclude_sender)
+    aappend = _awaitable(append)
+    aprepend = _awaitable(prepend)
+    areplace = _awaitable(replace)
+    aupdate = _awaitable(update)
+    abefore = _awaitable(before)
+    aafter = _awaitable(after)
+    aremove = _awaitable(remove)
+    arefresh = _awaitable(refresh)

@@ -24,7 +24,7 @@ from django.db import DEFAULT_DB_ALIAS, models
 from turbo_tasks import codec, layers, refreshes, request_context, signing, snapshots
 from turbo_tasks import jobs as job_format
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, HookError, InvalidJob
-from turbo_tasks.jobs import BroadcastJob, RecheckJob
+from turbo_tasks.jobs import BroadcastJob, RawJob, RecheckJob
 from turbo_tasks.registry import registry, stream_from_ref
 from turbo_tasks.rendering import Broadcast
 from turbo_tasks.streams import ModelStream, collector
@@ -64,7 +64,7 @@ def _model_stream(label: str, where: str) -> tuple[type[models.Model], type[Mode
 # -- planning -----------------------------------------------------------------------------
 
 
-Step = _RowStep | BroadcastJob | RecheckJob
+Step = _RowStep | BroadcastJob | RecheckJob | RawJob
 
 
 def _plan(jobs: Any, using: str) -> list[Step]:
@@ -78,7 +78,7 @@ def _plan(jobs: Any, using: str) -> list[Step]:
     rows: dict[tuple[str, Any], _RowStep] = {}
     for index, job in enumerate(job_format.validate(jobs)):
         where = f"job {index}"
-        if job["action"] == "broadcast" or job["action"] == "recheck":
+        if job["action"] == "broadcast" or job["action"] == "recheck" or job["action"] == "raw":
             try:
                 stream_from_ref(job["stream"])
             except (LookupError, TypeError, ValueError, ValidationError) as exc:
@@ -218,6 +218,17 @@ def _run_step(
     if isinstance(step, dict):
         if step["action"] == "recheck":
             out.rechecks.append(signing.group_name(step["stream"]))
+            return
+        if step["action"] == "raw":
+            out.broadcasts.append(
+                Broadcast.rendered(
+                    stream_from_ref(step["stream"]),
+                    signing.group_name(step["stream"]),
+                    step["html"],
+                    request=step.get("request"),
+                    exclude_sender=step.get("exclude_sender", False),
+                )
+            )
             return
         out.broadcasts.append(
             Broadcast(

@@ -14,21 +14,27 @@ applies them to the page at once, without a websocket or a worker::
             .append("chat/message.html", {"message": message}, id="messages")
             .remove(id="form-errors")
         )
+
+:class:`TurboRender` renders a frame here too, to send it to a stream (turbo-django's way
+to broadcast what cannot travel to a worker).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
 
-from turbo_tasks import rendering
+from turbo_tasks import markup, rendering
 from turbo_tasks.actions import Morph
 from turbo_tasks.rendering import Context, Target
 
 if TYPE_CHECKING:
     from typing import Unpack
+
+    from turbo_tasks.streams import Stream
 
 CONTENT_TYPE = "text/vnd.turbo-stream.html"
 
@@ -154,3 +160,75 @@ class TurboStreamResponse(HttpResponse):
             )
         )
         return self
+
+
+class TurboRender:
+    """A frame rendered now, in the caller (turbo-django's ``TurboRender``)::
+
+        frame = turbo.TurboRender.init_from_template("chat/form.html", {"form": form}, request)
+        room.stream.stream(frame.replace(id="message-form"))
+        # sends <turbo-stream action="replace" target="message-form"><template>…</template>
+
+    For what cannot travel to a worker in a stream action's context (a form, a request):
+    the template renders here, and the markup is sent after the transaction commits. The
+    action methods take ``selector`` (a CSS selector) or ``id`` and return the frame;
+    ``response`` is a :class:`turbo_tasks.TurboStreamResponse` of it.
+    """
+
+    def __init__(self, inner_html: str = "") -> None:
+        """``inner_html`` is safe HTML already (rendered by a template); ``"<b>"`` would be
+        sent as a tag. Use ``stream.append(text=…)`` for text."""
+        self.inner_html = inner_html
+        self._rendered: str | None = None
+
+    @classmethod
+    def init_from_template(
+        cls, template_name: str, context: dict[str, Any] | None = None, request: Any = None
+    ) -> TurboRender:
+        """Render ``template_name`` now (with ``request``: context processors, CSRF)."""
+        rendering.check_template(template_name)
+        return cls(render_to_string(template_name, context or {}, request=request))
+
+    def append(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("append", selector, id)
+
+    def prepend(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("prepend", selector, id)
+
+    def replace(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("replace", selector, id)
+
+    def update(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("update", selector, id)
+
+    def before(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("before", selector, id)
+
+    def after(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("after", selector, id)
+
+    def remove(self, selector: str | None = None, id: str | None = None) -> TurboRender:
+        return self._frame("remove", selector, id)
+
+    def _frame(self, action: str, selector: str | None, id: str | None) -> TurboRender:
+        self._rendered = markup.turbo_stream(
+            action, target=id, targets=selector, content=self.inner_html
+        )
+        return self
+
+    @property
+    def rendered_template(self) -> str:
+        """The ``<turbo-stream>`` markup; ValueError until an action method was called."""
+        if self._rendered is None:
+            raise ValueError(
+                "TurboRender has no action yet: call append(), replace(), remove() … first."
+            )
+        return self._rendered
+
+    @property
+    def response(self) -> TurboStreamResponse:
+        return TurboStreamResponse(frames=[self.rendered_template])
+
+    def stream_to(self, stream: Stream) -> None:
+        """Send this frame to ``stream`` (``stream.stream(frame)``)."""
+        stream.stream(self)

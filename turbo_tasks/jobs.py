@@ -94,7 +94,17 @@ class RecheckJob(_AnyJob):
     stream: StreamRef
 
 
-Job = SaveJob | DeleteJob | BroadcastJob | RecheckJob
+class _RawJobRequired(_AnyJob):
+    action: Literal["raw"]
+    stream: StreamRef
+    html: str  # <turbo-stream> markup rendered by the caller, sent as it is
+
+
+class RawJob(_RawJobRequired, total=False):
+    exclude_sender: bool
+
+
+Job = SaveJob | DeleteJob | BroadcastJob | RecheckJob | RawJob
 
 
 # -- builders ----------------------------------------------------------------------------
@@ -161,6 +171,13 @@ def recheck_job(ref: StreamRef) -> RecheckJob:
     return {"action": "recheck", "stream": ref}
 
 
+def raw_job(ref: StreamRef, html: str, exclude_sender: bool = False) -> RawJob:
+    job: RawJob = {"action": "raw", "stream": ref, "html": html}
+    if exclude_sender:
+        job["exclude_sender"] = True
+    return job
+
+
 def trailing_refresh_job(ref: StreamRef, token: str, exclude_sender: bool) -> BroadcastJob:
     """The delayed refresh that closes the debounce window ``token`` opened
     (turbo_tasks.refreshes)."""
@@ -224,7 +241,7 @@ def _check(job: Any, where: str) -> None:
             raise InvalidJob(f"{where}: 'update_fields' must be a list of field names")
         if action == "delete" and not isinstance(job.get("fields"), dict):
             raise InvalidJob(f"{where}: 'fields' must be an object")
-    elif action in ("broadcast", "recheck"):
+    elif action in ("broadcast", "recheck", "raw"):
         ref = job.get("stream")
         if not (
             isinstance(ref, dict)
@@ -235,8 +252,13 @@ def _check(job: Any, where: str) -> None:
             raise InvalidJob(f"{where}: 'stream' must be {{stream, args, kwargs}}")
         if action == "broadcast":
             _check_broadcast(job, where)
+        elif action == "raw":
+            if not isinstance(job.get("html"), str):
+                raise InvalidJob(f"{where}: 'html' must be a string")
+            if not isinstance(job.get("exclude_sender", False), bool):
+                raise InvalidJob(f"{where}: 'exclude_sender' must be true or false")
     else:
-        raise InvalidJob(f"{where}: 'action' must be save, delete, broadcast or recheck")
+        raise InvalidJob(f"{where}: 'action' must be save, delete, broadcast, recheck or raw")
 
 
 def _check_broadcast(job: dict[str, Any], where: str) -> None:

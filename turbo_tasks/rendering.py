@@ -159,6 +159,23 @@ class Broadcast:
         self.request: Mapping[str, str] = request or {}
         self._html: str | None = None
 
+    @classmethod
+    def rendered(
+        cls,
+        stream: Stream,
+        group: str,
+        html: str,
+        *,
+        request: Mapping[str, str] | None = None,
+        exclude_sender: bool = False,
+    ) -> Broadcast:
+        """A frame rendered already (``stream.stream_raw(html)``), sent as it is."""
+        broadcast = cls(
+            stream, group, "raw", None, None, request=request, exclude_sender=exclude_sender
+        )
+        broadcast._html = html
+        return broadcast
+
     @property
     def exclude(self) -> str | None:
         """The socket id this frame must not reach (``exclude_sender``), if any."""

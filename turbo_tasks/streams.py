@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
 
+    from turbo_tasks.http import TurboRender
+
 # Set by the worker (and turbo_tasks.testing) while hooks run: actions are collected here
 # (and rendered before the push) instead of being deferred.
 collector: ContextVar[list[Broadcast] | None] = ContextVar("turbo_tasks_collector", default=None)
@@ -147,6 +149,19 @@ class Stream(Actions):
         """The Channels group frames for this stream are sent to."""
         return signing.group_name(self.ref())
 
+    @property
+    def broadcastable_stream_name(self) -> str:
+        """turbo-django's name for :attr:`group_name`."""
+        return self.group_name
+
+    def get_init_args(self) -> list[Any]:
+        """The stream's arguments, as JSON (turbo-django's name; ``[pk]`` for a ModelStream)."""
+        return self.ref()["args"]
+
+    def get_init_kwargs(self) -> dict[str, Any]:
+        """The stream's keyword arguments, as JSON (turbo-django's name)."""
+        return self.ref()["kwargs"]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Stream) and type(other) is type(self) and other.ref() == self.ref()
 
@@ -179,17 +194,50 @@ class Stream(Actions):
         """Await :meth:`recheck`."""
         await sync_to_async(self.recheck)()
 
+    # -- frames rendered by the caller (turbo-django's stream() and stream_raw()) --------
+
+    def stream_raw(self, html: str, *, exclude_sender: bool | None = None) -> None:
+        """Send ``html``, ``<turbo-stream>`` markup rendered already, as it is: nothing is
+        escaped, so pass only markup you built (e.g. with ``turbo_tasks.TurboRender`` or
+        ``turbo_tasks.markup.turbo_stream()``). Like every action, it is sent after the
+        current transaction commits (by the worker, from a hook), and kept for catch-up.
+
+        For what cannot travel to a worker (a form, a request): render it here and send
+        the result, ``stream.stream(turbo.TurboRender.init_from_template("f.html",
+        {"form": form}, request).replace(id="form"))``.
+        """
+        if not isinstance(html, str):
+            raise TypeError(f"stream_raw() takes the frame's markup as a str, not {html!r}")
+        ref = self.ref()
+        if suppressed():
+            return
+        exclude = self.exclude_sender if exclude_sender is None else bool(exclude_sender)
+        collected = collector.get()
+        if collected is not None:
+            request = request_context.capture()
+            group = signing.group_name(ref)
+            collected.append(
+                Broadcast.rendered(self, group, html, request=request, exclude_sender=exclude)
+            )
+            return
+        batching.enqueue(jobs.raw_job(ref, html, exclude), using=self._database())
+
+    def stream(self, frame: TurboRender, *, exclude_sender: bool | None = None) -> None:
+        """Send a frame rendered by :class:`turbo_tasks.TurboRender` (turbo-django's
+        ``stream.stream(frame)``); see :meth:`stream_raw`."""
+        self.stream_raw(frame.rendered_template, exclude_sender=exclude_sender)
+
     def _send(
         self,
         action: str,
         template: str | None,
         context: Context,
-        *,
-        id: str | None = None,
-        selector: str | None = None,
-        text: str | None = None,
+        text: str | None,
+        selector: str | None,
+        id: str | None,
+        exclude_sender: bool | None,
         method: str | None = None,
-        exclude_sender: bool | None = None,
+        *,
         debounce: bool = False,
     ) -> None:
         rendering.check_arguments(action, template, id, selector, text, method)
@@ -264,7 +312,10 @@ class ModelStream(Stream):
     snapshot_attnames: ClassVar[tuple[str, ...]] = ()
     broadcasts_refreshes: ClassVar[bool] = False
 
-    def __init__(self, instance: models.Model | None = None, *, pk: Any = None) -> None:
+    def __init__(self, instance: models.Model | Any = None, *, pk: Any = None) -> None:
+        if instance is not None and not isinstance(instance, models.Model):
+            # ModelStream(pk), as turbo-django's ModelStream took it.
+            instance, pk = None, instance
         self._instance = instance
         self._pk = pk
 
@@ -273,6 +324,12 @@ class ModelStream(Stream):
         """The stream of the row with primary key ``pk`` (as turbo-django's ``from_pk``);
         the row is loaded only when ``instance`` is read."""
         return cls(pk=pk)
+
+    @classmethod
+    def from_instance(cls, instance: models.Model) -> ModelStream:
+        """The stream of ``instance``'s row (turbo-django's name; ``instance.stream`` is the
+        same)."""
+        return cls(instance)
 
     @property
     def pk(self) -> Any:
