@@ -28,7 +28,8 @@ CHANNEL_REDIS_URL = os.environ.get("TURBO_TEST_CHANNEL_REDIS_URL", REDIS_URL)
 TURBO_TASKS = json.loads(os.environ.get("TURBO_TEST_TURBO_TASKS", "{}"))
 VISIBILITY_TIMEOUT = int(os.environ.get("TURBO_TEST_VISIBILITY_TIMEOUT", "300"))
 
-SECRET_KEY = "test-secret-key-not-for-production"
+# TURBO_TEST_SECRET_KEY: a process with another key (tests/test_status.py).
+SECRET_KEY = os.environ.get("TURBO_TEST_SECRET_KEY", "test-secret-key-not-for-production")
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 USE_TZ = True

@@ -280,3 +280,29 @@ def test_queryset_routing_gives_the_alias_update_and_delete_write_to(alias):
     # QuerySet.db, once update()/delete() marked the queryset for writing:
     queryset._for_write = True
     assert (chosen or router.db_for_write(Message, **hints)) == queryset.db
+
+
+# -- kombu: a Redis broker's queue ------------------------------------------------------------
+
+
+def test_kombu_redis_queue_size_and_unacknowledged_deliveries(redis_server):
+    from kombu import Connection
+
+    queue = f"pin-{time.monotonic_ns()}"
+    with Connection(redis_server) as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            simple.put({"n": 1})
+            simple.put({"n": 2}, priority=9)  # another list: kombu's priority steps
+            assert _compat.redis_queue_size(simple.channel, queue) == 2
+            before = time.time()
+            message = simple.get(timeout=5)  # taken, not acknowledged
+            delivered, capped = _compat.redis_unacked(simple.channel, queue, 1000)
+            assert not capped
+            assert len(delivered) == 1
+            assert before - 1 <= delivered[0] <= time.time() + 1
+            message.ack()
+            assert _compat.redis_unacked(simple.channel, queue, 1000)[0] == []
+        finally:
+            simple.clear()
+            simple.close()

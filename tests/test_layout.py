@@ -31,6 +31,8 @@ TIERS: dict[str, tuple[int, str]] = {
     # layer, its history, the refresh windows.
     **dict.fromkeys(("publish", "outbox", "batching"), (TRANSPORT, "write")),
     **dict.fromkeys(("layers", "history", "refreshes"), (TRANSPORT, "fan-out")),
+    # Announced by the worker (fan-out) and the web (subscribe) alike.
+    "presence": (TRANSPORT, ""),
     # 2. What users declare: streams, their actions, how frames render, the registry.
     **dict.fromkeys(("rendering", "actions", "streams", "registry"), (STREAMS, "")),
     # 3. The three paths, and the request side of a view.
@@ -45,6 +47,7 @@ TIERS: dict[str, tuple[int, str]] = {
             "templatetags.turbo_streams",
             "management", "management.commands", "management.commands.turbo_tasks_relay",
             "management.commands.turbo_tasks_rerun",
+            "management.commands.turbo_tasks_status",
         ),
         (GLUE, ""),
     ),

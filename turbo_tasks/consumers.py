@@ -11,7 +11,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from turbo_tasks import _compat, conf, gaps, history, permissions, signing
+from turbo_tasks import _compat, conf, gaps, history, permissions, presence, signing
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.gaps import Mark
 
@@ -119,6 +119,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         user_pk = user.pk if getattr(user, "is_authenticated", False) else None
         self.socket_id = signing.new_socket_id(user_pk)
         await super().connect()
+        presence.start("web")  # once per process: for turbo_tasks_status
         await self._reply("hello", socket_id=self.socket_id)
 
     async def _refresh_groups(self) -> None:

@@ -11,7 +11,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
-from turbo_tasks import conf, delivery, layers
+from turbo_tasks import conf, delivery, layers, presence
 from turbo_tasks import outbox as outbox_rows
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, DeliveryFailed, HookError, InvalidJob
 from turbo_tasks.jobs import TASK_NAME, validate_outbox
@@ -109,6 +109,17 @@ def _start_outbox_relay(**kwargs: Any) -> None:
 def _stop_outbox_relay(**kwargs: Any) -> None:
     if _relay_stop is not None:
         _relay_stop.set()
+
+
+@worker_ready.connect
+def _announce_worker(sender: Any = None, **kwargs: Any) -> None:
+    # For turbo_tasks_status: the main process announces the worker (docs/howto/status.md).
+    presence.start_worker(sender)
+
+
+@worker_shutdown.connect
+def _withdraw_worker(**kwargs: Any) -> None:
+    presence.stop("worker")
 
 
 @worker_process_shutdown.connect

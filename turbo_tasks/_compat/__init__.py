@@ -33,6 +33,12 @@ from turbo_tasks._compat.kombu import (
 from turbo_tasks._compat.kombu import (
     oldest_redis_messages as oldest_redis_messages,
 )
+from turbo_tasks._compat.kombu import (
+    redis_queue_size as redis_queue_size,
+)
+from turbo_tasks._compat.kombu import (
+    redis_unacked as redis_unacked,
+)
 from turbo_tasks._compat.layers import (
     RECEIVE_DISCONNECTS as RECEIVE_DISCONNECTS,
 )

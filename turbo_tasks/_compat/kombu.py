@@ -90,3 +90,33 @@ def oldest_redis_messages(client: Any, key: str, count: int) -> list[tuple[Any, 
             continue
         found.append((args, kwargs))
     return found
+
+
+def redis_queue_size(channel: Any, queue: str) -> int:
+    """How many messages wait in ``queue``, every priority's list counted (kombu's Redis
+    ``Channel._size``)."""
+    return int(channel._size(queue))
+
+
+def redis_unacked(channel: Any, queue: str, limit: int) -> tuple[list[float], bool]:
+    """When each message of ``queue`` that a worker took and has not acknowledged was
+    delivered (Unix time), of the ``limit`` oldest unacknowledged messages of the broker,
+    and whether ``limit`` cut the list. kombu keeps them in its ``unacked`` hash (delivery
+    tag -> ``[message, exchange, routing key]``) and the ``unacked_index`` sorted set
+    (delivery tag, scored by delivery time); ``conn_or_acquire`` honours
+    ``global_keyprefix``."""
+    with channel.conn_or_acquire() as client:
+        entries = client.zrange(channel.unacked_index_key, 0, limit - 1, withscores=True)
+        pipe = client.pipeline()
+        for tag, _ in entries:
+            pipe.hget(channel.unacked_key, tag)
+        payloads = pipe.execute() if entries else []
+    delivered = []
+    for (_, score), payload in zip(entries, payloads, strict=True):
+        try:
+            _, _, routing_key = json.loads(payload)
+        except (TypeError, ValueError):
+            continue
+        if routing_key == queue:
+            delivered.append(float(score))
+    return delivered, len(entries) >= limit
