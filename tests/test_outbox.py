@@ -382,3 +382,17 @@ def test_a_malformed_outbox_argument_is_invalid_job_naming_it(
     with django_assert_num_queries(0), pytest.raises(InvalidJob) as excinfo:
         deliver.run([], outbox=value)
     assert str(excinfo.value) == error
+
+
+def test_workers_confirm_in_batches_soon_after_delivery(durable):
+    rows = [OutboxJob.objects.create(job={"n": n}).pk for n in range(3)]
+    outbox.confirm_soon(rows[:2], "default")
+    outbox.confirm_soon(rows[2:], "default")
+    wait_for(lambda: not OutboxJob.objects.exists(), 30, "the batch to be deleted")
+
+
+def test_flushing_confirmations_deletes_what_is_pending_at_once(durable):
+    row = OutboxJob.objects.create(job={"n": 1})
+    outbox.confirm_soon([row.pk], "default")
+    outbox.flush_confirmations()
+    assert not OutboxJob.objects.exists()

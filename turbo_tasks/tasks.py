@@ -49,7 +49,7 @@ def deliver(
     try:
         sent = delivery.deliver(jobs, using)
     except (InvalidJob, HookError):
-        outbox_rows.confirm(outbox, using)  # publishing them again cannot help
+        outbox_rows.confirm_soon(outbox, using)  # publishing them again cannot help
         raise
     except TRANSIENT_ERRORS as exc:
         if isinstance(exc, (OperationalError, InterfaceError)):
@@ -74,7 +74,7 @@ def deliver(
             # back instead of dropping it; if even that fails it stays unacknowledged and
             # the broker redelivers it after its visibility timeout.
             raise Reject(exc, requeue=True) from rejected
-    outbox_rows.confirm(outbox, using)
+    outbox_rows.confirm_soon(outbox, using)
     return sent
 
 
@@ -109,6 +109,7 @@ def _start_outbox_relay(**kwargs: Any) -> None:
 def _stop_outbox_relay(**kwargs: Any) -> None:
     if _relay_stop is not None:
         _relay_stop.set()
+    outbox_rows.flush_confirmations()  # solo and thread pools: the tasks ran here
 
 
 @worker_ready.connect
@@ -125,4 +126,5 @@ def _withdraw_worker(**kwargs: Any) -> None:
 @worker_process_shutdown.connect
 def _close_channel_layer_loops(**kwargs: Any) -> None:
     # A prefork child leaves through os._exit: atexit handlers do not run there.
+    outbox_rows.flush_confirmations()
     layers.close_loops()
