@@ -141,3 +141,28 @@ def in_process_worker(celery_session_worker: Any) -> Iterator[Any]:
 @pytest.fixture
 def room(db: None) -> Room:
     return Room.objects.create(name="lobby")
+
+
+# --- Debian's chromium under Playwright (test_browser.py, test_tutorial.py) -------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

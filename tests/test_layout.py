@@ -47,7 +47,7 @@ TIERS: dict[str, tuple[int, str]] = {
             "templatetags.turbo_streams",
             "management", "management.commands", "management.commands.turbo_tasks_relay",
             "management.commands.turbo_tasks_rerun",
-            "management.commands.turbo_tasks_status",
+            "management.commands.turbo_tasks_status", "status",
         ),
         (GLUE, ""),
     ),

@@ -40,6 +40,7 @@ from tests.helpers import (
     wait_for,
 )
 from turbo_tasks import presence
+from turbo_tasks import status as findings_of
 from turbo_tasks.jobs import TASK_NAME
 
 # The command reads the outbox table: make pytest-django create the test database.
@@ -365,17 +366,17 @@ def about(role: str, pid: int, **fields: Any) -> dict[str, Any]:
     return {**base, **fields}
 
 
-def codes(findings: list[presence.Finding]) -> list[tuple[str, str, str]]:
+def codes(findings: list[findings_of.Finding]) -> list[tuple[str, str, str]]:
     return [(f["level"], f["code"], f.get("field", "")) for f in findings]
 
 
 def test_agreeing_processes_have_no_findings():
-    assert presence.check([about("worker", 1), about("web", 2)], about("status", 3)) == []
+    assert findings_of.check([about("worker", 1), about("web", 2)], about("status", 3)) == []
 
 
 def test_each_disagreement_is_one_finding_naming_values_and_processes():
     web1, web2 = about("web", 2), about("web", 3, backend=PUBSUB, history_length=50)
-    findings = presence.check([about("worker", 1), web1, web2])
+    findings = findings_of.check([about("worker", 1), web1, web2])
     assert codes(findings) == [
         ("error", "mismatch", "backend"),
         ("warning", "mismatch", "history_length"),
@@ -391,7 +392,7 @@ def test_each_disagreement_is_one_finding_naming_values_and_processes():
 
 def test_the_commands_own_settings_take_part():
     own = about("status", 9, hosts=["redis://other:6379/0"])
-    [finding] = presence.check([about("worker", 1), about("web", 2)], own)
+    [finding] = findings_of.check([about("worker", 1), about("web", 2)], own)
     assert finding["field"] == "hosts"
     assert finding["values"][1] == {
         "value": ["redis://other:6379/0"],
@@ -400,13 +401,13 @@ def test_the_commands_own_settings_take_part():
 
 
 def test_no_worker_is_an_error_and_no_web_a_warning():
-    assert codes(presence.check([about("web", 2)])) == [("error", "no_worker", "")]
-    assert codes(presence.check([about("worker", 1)])) == [("warning", "no_web", "")]
+    assert codes(findings_of.check([about("web", 2)])) == [("error", "no_worker", "")]
+    assert codes(findings_of.check([about("worker", 1)])) == [("warning", "no_web", "")]
 
 
 def test_a_queue_no_worker_consumes_is_an_error():
     worker_ = about("worker", 1, consumes=["celery"])
-    [finding] = presence.check([worker_, about("web", 2)])
+    [finding] = findings_of.check([worker_, about("web", 2)])
     assert codes([finding]) == [("error", "queue_not_consumed", "")]
     assert "'turbo_tasks'" in finding["message"]
     assert "celery" in finding["message"]

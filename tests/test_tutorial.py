@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.helpers import ROOT, Process, accepts, free_port, start_redis, wait_for
 
@@ -32,15 +32,6 @@ MISSING_TURBO = (
     f"{TURBO.relative_to(ROOT)} is missing: the tutorial's Turbo comes from npm. Run "
     "`make install`, or `cd docs/intro/mysite && npm install --no-package-lock`."
 )
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--no-sandbox",
-    "--disable-gpu",
-]
 SOURCE = "turbo-channels-stream-source"
 TIMEOUT = 60  # seconds; two cores shared with other test runs
 
@@ -144,16 +135,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         for process in reversed(running.processes):
             process.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 class Window:

@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from turbo_tasks import _compat, conf, outbox, presence
-from turbo_tasks.presence import Finding
+from turbo_tasks import _compat, conf, outbox, presence, status
+from turbo_tasks.status import Finding
 
 # The broker's unacknowledged messages (all queues) looked at, oldest first.
 UNACKED_SCAN = 1000
@@ -84,7 +84,7 @@ def gather() -> dict[str, Any]:
                 )
             )
         else:
-            findings += presence.check(report["processes"], own)
+            findings += status.check(report["processes"], own)
             report["history"] = history_size(layer, own["prefix"])
     report["queue"] = broker_queue(conf.get("QUEUE"))
     if report["queue"].get("error"):
@@ -209,13 +209,13 @@ def render(report: dict[str, Any]) -> str:
     own, layer = report["this_command"], report["layer"]
     if own is not None:
         lines.append(
-            f"turbo_tasks {own['version']} status, from {presence.label(own)}.\n"
+            f"turbo_tasks {own['version']} status, from {status.label(own)}.\n"
             f"Channel layer {layer['layer']!r}: {layer['backend']} on "
-            f"{presence.show(layer['hosts'])}, prefix {layer['prefix']!r}.\n"
+            f"{status.show(layer['hosts'])}, prefix {layer['prefix']!r}.\n"
         )
         lines.append(f"Processes announced on it: {len(report['processes'])}")
     for about in report["processes"]:
-        lines.append(f"  {presence.label(about)}: {_summary(about)}")
+        lines.append(f"  {status.label(about)}: {_summary(about)}")
     lines += ["", _queue_line(report["queue"])]
     if report["outbox"] is not None:
         lines.append(_outbox_line(report["outbox"]))
@@ -245,7 +245,7 @@ def _summary(about: dict[str, Any]) -> str:
         f"signing {about.get('signing')}",
     ]
     if about.get("consumes") is not None:
-        parts.append(f"consumes {presence.show(about['consumes'])}")
+        parts.append(f"consumes {status.show(about['consumes'])}")
     if about.get("age") is not None:
         parts.append(f"refreshed {about['age']:.0f}s ago")
     return ", ".join(parts)
