@@ -34,7 +34,9 @@ TIERS: dict[str, tuple[int, str]] = {
     # Announced by the worker (fan-out) and the web (subscribe) alike.
     "presence": (TRANSPORT, ""),
     # 2. What users declare: streams, their actions, how frames render, the registry.
-    **dict.fromkeys(("rendering", "actions", "streams", "registry"), (STREAMS, "")),
+    **dict.fromkeys(
+        ("rendering", "actions", "streams", "registry", "components"), (STREAMS, "")
+    ),
     # 3. The three paths, and the request side of a view.
     **dict.fromkeys(("signals", "bulk"), (PATHS, "write")),
     **dict.fromkeys(("delivery", "tasks"), (PATHS, "fan-out")),

@@ -113,3 +113,16 @@ def test_model_stream_inheriting_an_abstract_meta_must_name_its_model():
     assert not is_abstract(NoOwnMeta)
     with pytest.raises(ImproperlyConfigured, match="must name its model"):
         Registry().register(NoOwnMeta, "testapp")
+
+
+def test_a_stream_imported_into_streams_py_is_registered_under_that_app():
+    from tests.testapp.components import BannerComponent
+
+    assert BannerComponent.stream_name() == "testapp.BannerComponent"
+    assert registry.get("testapp.BannerComponent") is BannerComponent
+
+
+def test_a_base_imported_from_another_apps_streams_py_stays_registered_there():
+    from tests.otherapp.streams import AnnouncementStream
+
+    assert AnnouncementStream.stream_name() == "otherapp.AnnouncementStream"

@@ -12,6 +12,7 @@ Declare streams in ``<app>/streams.py``::
 from typing import TYPE_CHECKING, Any
 
 from turbo_tasks.bulk import deleted, saved
+from turbo_tasks.components import BroadcastComponent, UserBroadcastComponent
 from turbo_tasks.markup import ACTIONS
 from turbo_tasks.rendering import Broadcast
 from turbo_tasks.streams import ModelStream, Stream
@@ -33,10 +34,12 @@ __all__ = [
     "REPLACE",
     "UPDATE",
     "Broadcast",
+    "BroadcastComponent",
     "ModelStream",
     "Stream",
     "TurboRender",
     "TurboStreamResponse",
+    "UserBroadcastComponent",
     "accepts_turbo_stream",
     "deleted",
     "saved",

@@ -134,7 +134,9 @@ def is_abstract(cls: type[Stream]) -> bool:
 
 def autodiscover() -> None:
     """Import ``<app>/streams.py`` of every installed app and register the stream classes
-    it defines (imported classes, e.g. shared base classes, are registered where defined)."""
+    it defines, and those it imports from a module that is not a ``streams.py`` (e.g. a
+    component in ``chat/components.py``), under the app's label. Classes imported from
+    another app's ``streams.py`` (shared base classes) are registered where defined."""
     for app_config in apps.get_app_configs():
         if app_config.name == "turbo_tasks" or not module_has_submodule(
             app_config.module, "streams"
@@ -146,10 +148,17 @@ def autodiscover() -> None:
                 isinstance(value, type)
                 and issubclass(value, Stream)
                 and value not in (Stream, ModelStream)
-                and value.__module__ == module.__name__
+                and _declared_here(value, module.__name__)
                 and not is_abstract(value)
             ):
                 registry.register(value, app_config.label)
+
+
+def _declared_here(cls: type[Stream], module: str) -> bool:
+    if cls.__module__ == module:
+        return True
+    defined_in_streams = cls.__module__.rsplit(".", 1)[-1] == "streams"
+    return not defined_in_streams and cls.__dict__.get("_registered_name") is None
 
 
 def stream_from_ref(ref: StreamRef) -> Stream:

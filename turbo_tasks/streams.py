@@ -112,8 +112,9 @@ class Stream(Actions):
             why = (
                 "it is abstract (its own Meta says abstract = True)"
                 if getattr(meta, "abstract", False)
-                else "declare it in the streams.py module of an installed app so it is "
-                "found at startup"
+                else "declare it in the streams.py module of an installed app (or import it "
+                "there) so it is found at startup; a test can register one with "
+                "turbo_tasks.registry.registry.register(cls, app_label)"
             )
             raise ImproperlyConfigured(
                 f"{cls.__module__}.{cls.__qualname__} is not a registered stream: {why}."

@@ -30,6 +30,7 @@ class MessageStream(turbo.ModelStream):
             message.room.stream.append(
                 "chat/message.html", {"message": message}, id="messages", exclude_sender=True
             )
+            RoomActivityComponent(message.room_id).render()
         else:
             message.room.stream.replace(
                 "chat/message.html", {"message": message}, id=f"message-{message.id}"
@@ -37,6 +38,26 @@ class MessageStream(turbo.ModelStream):
 
     def on_delete(self, message, *args, **kwargs):
         message.room.stream.remove(id=f"message-{message.id}")
+        RoomActivityComponent(message.room_id).render()
 
     def user_passes_test(self, user):
         return True  # no page subscribes to a single message
+
+
+class RoomActivityComponent(turbo.BroadcastComponent):
+    """The room's message count in its header: {% turbo_component %} renders it in the page,
+    render() updates it on every member's page (a worker renders it after the commit)."""
+
+    template_name = "chat/room_activity.html"
+
+    def __init__(self, room_id):
+        self.room_id = room_id
+
+    def get_context(self):
+        return {"count": Message.objects.filter(room_id=self.room_id).count()}
+
+    def user_passes_test(self, user):
+        return (
+            user.is_authenticated
+            and Room.objects.filter(pk=self.room_id, members__pk=user.pk).exists()
+        )

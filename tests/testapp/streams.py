@@ -6,6 +6,7 @@ from pathlib import Path
 import turbo_tasks as turbo
 from tests.otherapp.streams import AnnouncementStream, AuditedModelStream  # noqa: F401
 
+from .components import BannerComponent  # noqa: F401  (registered as testapp.BannerComponent)
 from .models import Gated, Member, Message, Notice, Room
 
 
@@ -95,3 +96,21 @@ class StaffStream(turbo.Stream):
 
     def user_passes_test(self, user):
         return user.is_staff
+
+
+class AlertComponent(turbo.BroadcastComponent):
+    """turbo-django's component example: one banner for every page."""
+
+    template_name = "components/alert.html"
+
+    def get_context(self):
+        return {"level": "info"}
+
+
+class CartCountComponent(turbo.UserBroadcastComponent):
+    """A per-user component: only its user's pages get its updates."""
+
+    template_name = "components/count.html"
+
+    def get_context(self):
+        return {"owner": self.user}

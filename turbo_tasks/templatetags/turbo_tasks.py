@@ -1,9 +1,9 @@
-"""``{% turbo_subscribe %}`` and ``{% turbo_tasks_script %}``."""
+"""``{% turbo_subscribe %}``, ``{% turbo_component %}`` and ``{% turbo_tasks_script %}``."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 from django import template
 from django.templatetags.static import static
@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from turbo_tasks import history, layers
+from turbo_tasks.components import BroadcastComponent
 from turbo_tasks.registry import registry
 from turbo_tasks.streams import ModelStream, Stream
 
@@ -81,6 +82,43 @@ def turbo_subscribe(*streams: Any) -> SafeString:
     return mark_safe(  # each part is built by format_html
         "".join(_element(stream.signed_name, offsets.get(stream.group_name)) for stream in resolved)
     )
+
+
+@register.simple_tag(takes_context=True)
+def turbo_component(
+    context: template.Context, component: Any, *args: Any, **kwargs: Any
+) -> SafeString:
+    """``{% turbo_component alert %}``, ``{% turbo_component "chat.AlertComponent" %}`` or
+    ``{% turbo_component "chat.CartCountComponent" request.user %}`` (a component built with
+    those arguments) renders the page's subscription to the component, then the component
+    rendered now with the page's context::
+
+        <turbo-channels-stream-source signed-stream-name="…" since="…">
+        </turbo-channels-stream-source><div id="chat-alertcomponent">…</div>
+
+    The offset is taken before the render, so an update committed in between is replayed.
+    """
+    if isinstance(component, str):
+        cls = registry.get(component) or registry.get(component.replace(":", ".", 1))
+        if cls is None or not issubclass(cls, BroadcastComponent):
+            raise template.TemplateSyntaxError(
+                f"turbo_component: no component is registered as {component!r}; a "
+                f'component\'s name is "<app_label>.<ClassName>" of a BroadcastComponent '
+                f"declared in the streams.py of an installed app."
+            )
+        component = cls(*args, **kwargs)
+    elif args or kwargs:
+        raise template.TemplateSyntaxError(
+            "turbo_component takes arguments only after a component's name."
+        )
+    if not isinstance(component, BroadcastComponent):
+        raise template.TemplateSyntaxError(
+            f"turbo_component takes a BroadcastComponent or its name, not "
+            f"{type(component).__name__}."
+        )
+    subscription = turbo_subscribe(component)
+    html = component.initial_render(cast("dict[str, Any]", context.flatten()))
+    return format_html('{}<div id="{}">{}</div>', subscription, component.dom_id, html)
 
 
 def _element(signed_name: str, since: str | None) -> str:
