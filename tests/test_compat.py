@@ -215,7 +215,9 @@ async def test_async_consumer_receives_its_channel_through_the_channel_receive_a
 
     seen: list[dict[str, object]] = []
 
-    def wrap(receive: Callable[[], Awaitable[dict[str, object]]]) -> Callable[..., object]:
+    def wrap(
+        consumer: object, receive: Callable[[], Awaitable[dict[str, object]]]
+    ) -> Callable[..., object]:
         async def recording() -> dict[str, object]:
             message = await receive()
             seen.append(message)
@@ -306,3 +308,19 @@ def test_kombu_redis_queue_size_and_unacknowledged_deliveries(redis_server):
         finally:
             simple.clear()
             simple.close()
+
+
+def test_answers_when_every_shard_answers_a_ping(redis_server):
+    from tests.helpers import free_port
+
+    from turbo_tasks._compat import layers
+
+    up = RedisChannelLayer(hosts=[redis_server])
+    down = RedisChannelLayer(hosts=[redis_server, f"redis://127.0.0.1:{free_port()}/0"])
+    try:
+        assert _compat.answers(up)
+        assert not _compat.answers(down)
+    finally:
+        for layer in (up, down):
+            for pool in layers._sync_pools.pop(layer, {}).values():
+                pool.disconnect()

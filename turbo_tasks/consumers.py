@@ -38,26 +38,31 @@ def _group_slot() -> asyncio.Semaphore:
     return slot
 
 
-def _patient(receive: Any) -> Any:
+# Lost connections one receive may read past while Redis still answers a PING.
+MAX_RECONNECTS = 10
+
+
+def _patient(consumer: Any, receive: Any) -> Any:
     """The channel layer's receive for a consumer's channel, made patient: keep waiting past
     a read that timed out, rather than die with 1011 (an idle read times out whenever the
-    socket timeout is not longer than channels_redis' blocking receive), and past one lost
-    connection (killed, or a failover: redis-py opens a new one). Nothing is lost: messages
-    stay queued in Redis, and the gap check replays what a pub/sub subscriber missed while
-    it reconnected. A Redis that does not answer the second read either is down: the socket
-    closes, and the page knows it."""
+    socket timeout is not longer than channels_redis' blocking receive), and past a lost
+    connection (killed, or a failover: redis-py opens a new one) while the layer's Redis
+    still answers a PING. Nothing is lost: messages stay queued in Redis, and the gap check
+    replays what a pub/sub subscriber missed while it reconnected. A Redis that does not
+    answer is down: the socket closes, and the page knows it."""
 
     async def patient_receive() -> Any:
-        reconnected = False
+        lost = 0
         while True:
             try:
                 return await receive()
             except _compat.RECEIVE_TIMEOUTS:
                 logger.debug("turbo_tasks: a channel-layer read timed out; reading again")
             except _compat.RECEIVE_DISCONNECTS:
-                if reconnected:
+                lost += 1
+                layer = consumer.channel_layer
+                if lost > MAX_RECONNECTS or not await asyncio.to_thread(_compat.answers, layer):
                     raise
-                reconnected = True
                 logger.warning(
                     "turbo_tasks: lost the channel layer's Redis connection; reconnecting",
                     exc_info=True,

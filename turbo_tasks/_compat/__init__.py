@@ -52,6 +52,9 @@ from turbo_tasks._compat.layers import (
     SYNC_TIMEOUT_SECONDS as SYNC_TIMEOUT_SECONDS,
 )
 from turbo_tasks._compat.layers import (
+    answers as answers,
+)
+from turbo_tasks._compat.layers import (
     blocking_receive_seconds as blocking_receive_seconds,
 )
 from turbo_tasks._compat.layers import (

@@ -10,17 +10,17 @@ from channels.consumer import get_handler_name
 Receive = Callable[[], Awaitable[Any]]
 
 
-def wrapped_channel_receive(wrap: Callable[[Receive], Receive]) -> property:
+def wrapped_channel_receive(wrap: Callable[[Any, Receive], Receive]) -> property:
     """A property for an ``AsyncConsumer`` subclass: ``AsyncConsumer.__call__`` assigns the
     channel layer's receive for the consumer's channel to ``self.channel_receive`` and
-    awaits it in its loop; the property keeps ``wrap(receive)`` instead."""
+    awaits it in its loop; the property keeps ``wrap(consumer, receive)`` instead."""
 
     def get(self: Any) -> Receive:
         receive: Receive = self._wrapped_channel_receive
         return receive
 
     def set_(self: Any, receive: Receive) -> None:
-        self._wrapped_channel_receive = wrap(receive)
+        self._wrapped_channel_receive = wrap(self, receive)
 
     return property(get, set_)
 

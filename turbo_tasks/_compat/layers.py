@@ -147,6 +147,17 @@ _sync_pools: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDic
 SYNC_TIMEOUT_SECONDS = 2.0
 
 
+def answers(layer: Any) -> bool:
+    """Whether every shard of ``layer`` answers a PING now (within SYNC_TIMEOUT_SECONDS);
+    True for a layer that is not channels_redis' (there is nothing to ask)."""
+    if not is_redis_layer(layer):
+        return True
+    try:
+        return all(sync_client(layer, index).ping() for index in range(len(hosts(layer))))
+    except (redis.exceptions.RedisError, OSError):
+        return False
+
+
 def sync_client(layer: Any, index: int) -> Any:
     """A synchronous redis-py client for shard ``index`` of ``layer``, configured from the
     same ``hosts`` entry as channels_redis' own (asyncio) pool for that shard, with socket
