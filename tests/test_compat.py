@@ -312,7 +312,6 @@ def test_kombu_redis_queue_size_and_unacknowledged_deliveries(redis_server):
 
 def test_answers_when_every_shard_answers_a_ping(redis_server):
     from tests.helpers import free_port
-
     from turbo_tasks._compat import layers
 
     up = RedisChannelLayer(hosts=[redis_server])
