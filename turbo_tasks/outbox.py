@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -127,8 +128,8 @@ class _Confirmations:
             self._pending.setdefault(using, []).extend(ids)
 
     def _run(self) -> None:
-        stop = threading.Event()  # never set: the thread lives as long as its process
-        while not stop.wait(CONFIRM_INTERVAL):
+        while True:  # a daemon thread: it lives as long as its process
+            time.sleep(CONFIRM_INTERVAL)
             self.flush()
 
     def flush(self) -> None:

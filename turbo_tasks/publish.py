@@ -208,10 +208,7 @@ def _make_publisher(app: Celery) -> RedisPublisher | None:
     url = app.conf.broker_write_url or app.conf.broker_url
     options = dict(app.conf.broker_transport_options or {})
     if (
-        not isinstance(url, str)
-        or not url.startswith("redis://")
-        or ";" in url  # failover list
-        or app.conf.broker_use_ssl
+        not _plain_redis(app, url)
         or app.conf.task_serializer != "json"
         or app.conf.task_compression
         or int(app.conf.task_protocol) != 2
@@ -220,6 +217,17 @@ def _make_publisher(app: Celery) -> RedisPublisher | None:
     ):
         return None
     return RedisPublisher(url, options)
+
+
+def _plain_redis(app: Celery, url: Any) -> bool:
+    """Whether ``url`` is a Redis broker turbo_tasks talks to itself: no failover list, no
+    SSL."""
+    return (
+        isinstance(url, str)
+        and url.startswith("redis://")
+        and ";" not in url  # failover list
+        and not app.conf.broker_use_ssl
+    )
 
 
 # -- looking into the queue ------------------------------------------------------------------
@@ -248,9 +256,7 @@ def queue_head(count: int) -> list[tuple[Any, Any]] | None:
 def _make_reader(app: Celery) -> redis.Redis | None:
     # Celery consumes from broker_read_url when one is set.
     url = app.conf.broker_read_url or app.conf.broker_url
-    if not isinstance(url, str) or not url.startswith("redis://") or ";" in url:
-        return None
-    if app.conf.broker_use_ssl:
+    if not _plain_redis(app, url):
         return None
     options = app.conf.broker_transport_options or {}
     return redis.Redis.from_url(

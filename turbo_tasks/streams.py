@@ -8,6 +8,7 @@ from it (turbo_tasks.signing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -209,19 +210,13 @@ class Stream(Actions):
         """
         if not isinstance(html, str):
             raise TypeError(f"stream_raw() takes the frame's markup as a str, not {html!r}")
-        ref = self.ref()
-        if suppressed():
-            return
-        exclude = self.exclude_sender if exclude_sender is None else bool(exclude_sender)
-        collected = collector.get()
-        if collected is not None:
-            request = request_context.capture()
-            group = signing.group_name(ref)
-            collected.append(
-                Broadcast.rendered(self, group, html, request=request, exclude_sender=exclude)
-            )
-            return
-        batching.enqueue(jobs.raw_job(ref, html, exclude), using=self._database())
+        self._emit(
+            exclude_sender,
+            lambda group, exclude: Broadcast.rendered(
+                self, group, html, request=request_context.capture(), exclude_sender=exclude
+            ),
+            lambda ref, exclude: jobs.raw_job(ref, html, exclude),
+        )
 
     def stream(self, frame: TurboRender, *, exclude_sender: bool | None = None) -> None:
         """Send a frame rendered by :class:`turbo_tasks.TurboRender` (turbo-django's
@@ -242,42 +237,55 @@ class Stream(Actions):
         debounce: bool = False,
     ) -> None:
         rendering.check_arguments(action, template, id, selector, text, method)
+        self._emit(
+            exclude_sender,
+            lambda group, exclude: Broadcast(
+                self,
+                group,
+                action,
+                id,
+                selector,
+                template,
+                context,
+                text,
+                method=method,
+                request=request_context.capture(),
+                exclude_sender=exclude,
+                debounce=debounce,
+            ),
+            lambda ref, exclude: jobs.broadcast_job(
+                ref,
+                action,
+                target=id,
+                targets=selector,
+                template=template,
+                context=codec.encode_context(context or {}) if template is not None else None,
+                text=text,
+                method=method,
+                exclude_sender=exclude,
+                debounce=debounce,
+            ),
+        )
+
+    def _emit(
+        self,
+        exclude_sender: bool | None,
+        broadcast: Callable[[str, bool], Broadcast],
+        job: Callable[[StreamRef, bool], jobs.Job],
+    ) -> None:
+        """Where a frame goes: nowhere inside ``turbo.suppress()``; inside a hook, to the
+        worker running it (``broadcast(group, exclude_sender)``, rendered at the end of the
+        task); anywhere else, a job (``job(ref, exclude_sender)``) published after the
+        current transaction commits."""
         ref = self.ref()  # a pk-less ModelStream raises here, in the caller's code
         if suppressed():  # turbo.suppress(): arguments checked, nothing sent
             return
         exclude = self.exclude_sender if exclude_sender is None else bool(exclude_sender)
         collected = collector.get()
         if collected is not None:
-            collected.append(
-                Broadcast(
-                    self,
-                    signing.group_name(ref),
-                    action,
-                    id,
-                    selector,
-                    template,
-                    context,
-                    text,
-                    method=method,
-                    request=request_context.capture(),
-                    exclude_sender=exclude,
-                    debounce=debounce,
-                )
-            )
+            collected.append(broadcast(signing.group_name(ref), exclude))
             return
-        job = jobs.broadcast_job(
-            ref,
-            action,
-            target=id,
-            targets=selector,
-            template=template,
-            context=codec.encode_context(context or {}) if template is not None else None,
-            text=text,
-            method=method,
-            exclude_sender=exclude,
-            debounce=debounce,
-        )
-        batching.enqueue(job, using=self._database())
+        batching.enqueue(job(ref, exclude), using=self._database())
 
     def _database(self) -> str:
         return DEFAULT_DB_ALIAS
