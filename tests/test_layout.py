@@ -31,8 +31,10 @@ TIERS: dict[str, tuple[int, str]] = {
     # layer, its history, the refresh windows.
     **dict.fromkeys(("publish", "outbox", "batching"), (TRANSPORT, "write")),
     **dict.fromkeys(("layers", "history", "refreshes"), (TRANSPORT, "fan-out")),
-    # Announced by the worker (fan-out) and the web (subscribe) alike.
+    # Announced by the worker (fan-out) and the web (subscribe) alike; what waits for
+    # the workers (the status command, the metrics view).
     "presence": (TRANSPORT, ""),
+    "backlog": (TRANSPORT, ""),
     # 2. What users declare: streams, their actions, how frames render, the registry.
     **dict.fromkeys(
         ("rendering", "actions", "streams", "registry", "components"), (STREAMS, "")
