@@ -291,6 +291,18 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "result": _check(r <= 2),
             }
         )
+        for n, d in per.items():
+            ratio = d["metrics_on_over_off"]["median"]
+            targets.append(
+                {
+                    "target": f"W1 metrics cost nothing measurable: added cost with metrics on "
+                    f"over off (b − a)/(b_off − a), N={n}",
+                    "measured": f"{ratio:.2f}× (on {fmt(d['added']['b']['median'])} µs, "
+                    f"off {fmt(d['added']['b_off']['median'])} µs)",
+                    "limit": "≈ 1× (within the noise)",
+                    "result": "info",
+                }
+            )
         first = next(iter(per))
         b_added = per[first]["added"]["b"]["median"]
         c_added = per[first]["added"]["c"]["median"]

@@ -23,6 +23,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
+from django.test import override_settings
 
 from bench.benchapp.models import Message, NaiveMessage, PlainMessage, Room
 from bench.report import paired, summary
@@ -106,7 +107,8 @@ def timed(fn: Callable[[], None]) -> float:
 W1_VARIANTS = {
     "a": "no broadcasting (PlainMessage, no receivers)",
     "a_td": "no broadcasting, turbo-django's table (TDMessage, receivers disconnected)",
-    "b": "turbo_tasks (direct mode, Redis broker, no worker)",
+    "b": "turbo_tasks (direct mode, Redis broker, no worker; metrics on)",
+    "b_off": "turbo_tasks, as b with TURBO_TASKS['METRICS'] False",
     "c": "turbo-django 0.4.4 (sync render + group_send in the save)",
     "d": "naive Celery (post_save -> task.delay(pk))",
     "e": "one raw Redis LPUSH (floor)",
@@ -173,6 +175,10 @@ def w1(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                 return timed(saves(TDMessage, td_room, k))
         if name == "b":
             return timed(saves(Message, room, k))
+        if name == "b_off":
+            off = {**(getattr(settings, "TURBO_TASKS", None) or {}), "METRICS": False}
+            with override_settings(TURBO_TASKS=off):
+                return timed(saves(Message, room, k))
         if name == "c":
             return timed(saves(TDMessage, td_room, k))
         if name == "d":
@@ -238,10 +244,14 @@ def w1(cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
             "values": {name: summary(v[name]) for name in order},
             "added": {
                 "b": summary(paired(v["b"], v["a"], lambda x, y: x - y)),
+                "b_off": summary(paired(v["b_off"], v["a"], lambda x, y: x - y)),
                 "c": summary(paired(v["c"], v["a_td"], lambda x, y: x - y)),
                 "d": summary(paired(v["d"], v["a"], lambda x, y: x - y)),
             },
-            # Per-round ratios: (b-a)/e and (b-a)/(c-a_td).
+            # Per-round ratios: (b-a)/(b_off-a) (what metrics add), (b-a)/e, (b-a)/(c-a_td).
+            "metrics_on_over_off": summary(
+                [(b - a) / (o - a) for b, o, a in zip(v["b"], v["b_off"], v["a"], strict=True)]
+            ),
             "b_added_over_e": summary(
                 [(b - a) / e for b, a, e in zip(v["b"], v["a"], v["e"], strict=True)]
             ),

@@ -22,8 +22,9 @@ TIERS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(
         (
             "exceptions", "conf", "markup", "snapshots", "signing", "jobs", "codec",
-            "suppression", "request_context", "models", "_guard", "_green",
-            "_compat", "_compat.consumer", "_compat.db", "_compat.kombu", "_compat.layers",
+            "suppression", "request_context", "models", "_guard", "_green", "metrics",
+            "tracing", "_compat", "_compat.consumer", "_compat.db", "_compat.kombu",
+            "_compat.layers",
         ),
         (FOUNDATION, ""),
     ),
@@ -51,7 +52,7 @@ TIERS: dict[str, tuple[int, str]] = {
             "templatetags.turbo_streams",
             "management", "management.commands", "management.commands.turbo_tasks_relay",
             "management.commands.turbo_tasks_rerun",
-            "management.commands.turbo_tasks_status", "status",
+            "management.commands.turbo_tasks_status", "status", "views",
         ),
         (GLUE, ""),
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from tests.helpers import celery_app, free_port
 from turbo_tasks import publish
 
 JOBS = [{"action": "save", "model": "testapp.message", "pk": 5, "created": True}]
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def raw_messages(redis_client, queue):
@@ -25,16 +27,18 @@ def raw_messages(redis_client, queue):
 def test_fast_message_matches_celerys_own(redis_client):
     queue = "compare-publish"
     redis_client.delete(queue)
+    headers = {"turbo_committed": 1765000000.25, "traceparent": TRACEPARENT}
     with override_settings(TURBO_TASKS={"FAST_PUBLISH": False}):
-        publish.publish(celery_app, JOBS, {"using": "other"}, queue)
-    publish.publish(celery_app, JOBS, {"using": "other"}, queue)
+        publish.publish(celery_app, JOBS, {"using": "other"}, queue, headers=headers)
+    publish.publish(celery_app, JOBS, {"using": "other"}, queue, headers=headers)
     slow, fast = raw_messages(redis_client, queue)
     redis_client.delete(queue)
 
     assert publish._fast_publisher(celery_app) is not None
     assert fast.keys() == slow.keys()
-    assert fast["headers"].keys() == slow["headers"].keys()
-    for key in ("lang", "task", "retries", "argsrepr", "kwargsrepr", "ignore_result"):
+    # In the same order too: Celery appends custom headers after its own.
+    assert list(fast["headers"]) == list(slow["headers"])
+    for key in ("lang", "task", "retries", "argsrepr", "kwargsrepr", "ignore_result", *headers):
         assert fast["headers"][key] == slow["headers"][key]
     assert fast["headers"]["root_id"] == fast["headers"]["id"]
     # Celery also copies argsrepr/kwargsrepr into the properties; workers ignore them.
@@ -196,3 +200,15 @@ def test_queue_head_is_none_for_a_broker_it_cannot_look_into():
         assert publish.queue_head(10) is None
     finally:
         celery_app.set_current()
+
+
+def test_every_message_carries_its_commit_time_for_the_lag_metric(broker):
+    before = time.time()
+    publish.send_jobs(JOBS)
+    publish.send_jobs(JOBS, countdown=0.01)  # a trailing send: not a commit
+    first, delayed = (
+        json.loads(raw) for raw in reversed(broker.client.lrange(broker.queue, 0, -1))
+    )
+    assert before <= first["headers"]["turbo_committed"] <= time.time()
+    assert "turbo_committed" not in delayed["headers"]
+    assert "traceparent" not in first["headers"]  # no span active here

@@ -76,6 +76,18 @@ _VALUE_RULES: list[tuple[str, str, Any]] = [
         lambda v: v is None or (isinstance(v, list) and all(a in settings.DATABASES for a in v)),
     ),
     ("PUBLISH_RETRY_POLICY", "a dict of kombu retry_policy options", lambda v: isinstance(v, dict)),
+    ("METRICS", "True or False", lambda v: isinstance(v, bool)),
+    ("TRACING", "True or False", lambda v: isinstance(v, bool)),
+    (
+        "WORKER_METRICS_PORT",
+        "None or a TCP port (1-65535)",
+        lambda v: v is None or (type(v) is int and 0 < v < 65536),
+    ),
+    (
+        "METRICS_TOKEN",
+        "None or a non-empty string",
+        lambda v: v is None or (isinstance(v, str) and v != ""),
+    ),
 ]
 
 

@@ -66,6 +66,18 @@ DEFAULTS: dict[str, Any] = {
         "interval_step": 0.2,
         "interval_max": 0.5,
     },
+    # Prometheus metrics (turbo_tasks.metrics): measured when prometheus_client is
+    # installed (the "prometheus" extra), unless this is False.
+    "METRICS": True,
+    # Worker: port on which the Celery worker's main process serves /metrics (None: it
+    # serves none; scrape it some other way). Prefork pools need PROMETHEUS_MULTIPROC_DIR.
+    "WORKER_METRICS_PORT": None,
+    # Web: a bearer token the metrics view requires (None: the view answers anyone who can
+    # reach its URL; mount it where only the scraper can).
+    "METRICS_TOKEN": None,
+    # OpenTelemetry (turbo_tasks.tracing): when it is installed, carry the writer's trace
+    # context to the worker's delivery span, unless this is False.
+    "TRACING": True,
 }
 
 

@@ -9,9 +9,8 @@ import weakref
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 
-from turbo_tasks import _compat, conf, gaps, history, permissions, presence, signing
+from turbo_tasks import _compat, conf, gaps, history, metrics, permissions, presence, signing
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.gaps import Mark
 
@@ -92,7 +91,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         return str(conf.get("CHANNEL_LAYER"))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        _fit_layer(self.channel_layer_alias)
+        _compat.fit_layer_for_consumers(self.channel_layer_alias)
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -101,6 +100,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             refresher = getattr(self, "_refresher", None)
             if refresher is not None:
                 refresher.cancel()
+            self._uncount()
 
     channel_receive = _compat.wrapped_channel_receive(_patient)
 
@@ -124,6 +124,8 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         user_pk = user.pk if getattr(user, "is_authenticated", False) else None
         self.socket_id = signing.new_socket_id(user_pk)
         await super().connect()
+        self._counted = True
+        metrics.socket_opened()
         presence.start("web")  # once per process: for turbo_tasks_status
         await self._reply("hello", socket_id=self.socket_id)
 
@@ -168,7 +170,22 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             watched = history.enabled(self.channel_layer)
             for group in self.subscriptions:
                 await self._leave(group, keep_watched=watched)
+        self._uncount()
         self.subscriptions = {}
+
+    def _uncount(self) -> None:
+        """Take this socket and its subscriptions out of the metrics' gauges, once."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            metrics.socket_opened(-1)
+            metrics.subscriptions_changed(-sum(map(len, self.subscriptions.values())))
+
+    def _add(self, group: str, name: str) -> None:
+        """Hold the subscription ``name`` (in ``group``), its mark unknown so far."""
+        names = self.subscriptions.setdefault(group, {})
+        if name not in names:
+            metrics.subscriptions_changed(1)
+        names[name] = None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
@@ -222,14 +239,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return await self._reply("rejected", stream=name, reason="forbidden")
         if not history.enabled(self.channel_layer):
             async with self._membership:
-                self.subscriptions.setdefault(group, {})[name] = None
+                self._add(group, name)
             return await self._reply("subscribed", stream=name)
         async with self._streams:  # no gap repair of this name while it catches up
             await self._catch_up(group, name, since)
 
     async def _catch_up(self, group: str, name: str, since: str | None) -> None:
         async with self._membership:
-            self.subscriptions.setdefault(group, {})[name] = None
+            self._add(group, name)
         # Live frames for this group wait while we read: a consumer handles one event at
         # a time, so none can slip past the mark.
         wanted = history.parse(since)
@@ -244,6 +261,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 return  # revoked (by the refresher) while the history was read
             html = "".join(html for _, html in entries)
             await self._reply("message", stream=name, html=html, offset=entries[-1][0])
+            metrics.replayed(len(entries))
         if name not in self.subscriptions.get(group, {}):
             return
         # From here on the page has every frame up to current: live frames at or below it
@@ -280,6 +298,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             if names is None or name not in names:
                 return False
             del names[name]
+            metrics.subscriptions_changed(-1)
             if not names:
                 del self.subscriptions[group]
                 await self._leave(group)
@@ -318,6 +337,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         if offset is None:  # catch-up is off
             for name in sorted(names) if html else ():
                 await self._reply("message", stream=name, html=html)
+                metrics.frame_sent(event.get("pushed"))
             return
         at = history.parse(offset)
         if at is None:
@@ -325,29 +345,34 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         async with self._streams:
             self._repairs_since_live = 0
             for name in sorted(names):
-                await self._forward(event["group"], name, html, at)
+                if await self._forward(event["group"], name, html, at):
+                    metrics.frame_sent(event.get("pushed"))
 
-    async def _forward(self, group: str, name: str, html: str, at: Mark) -> None:
+    async def _forward(self, group: str, name: str, html: str, at: Mark) -> bool:
         """Send the frame at offset ``at`` unless the page has it; first the frames missing
-        below it (lost, or still on their way from another worker) from the history."""
+        below it (lost, or still on their way from another worker) from the history. True
+        when the frame went as it came."""
         mark = self.subscriptions.get(group, {}).get(name)
         if mark is not None and not gaps.behind(mark, at):
-            return  # replayed already, or a repeat
+            return False  # replayed already, or a repeat
         if mark is not None and (mark[0] != at[0] or at[1] > mark[1] + 1):
             logger.debug("turbo_tasks: %s skipped from %s to %s; filling", group, mark, at)
-            await self._fill(group, name, mark)  # the history has `at` too
-            return
+            await self._fill(group, name, mark, "skip")  # the history has `at` too
+            return False
         await self._reply("message", stream=name, html=html, offset=history.offset(*at))
         if name in self.subscriptions.get(group, {}):
             self.subscriptions[group][name] = at
+        return True
 
-    async def _fill(self, group: str, name: str, mark: Mark) -> None:
+    async def _fill(self, group: str, name: str, mark: Mark, cause: str) -> None:
         """Send ``name`` every frame of its stream after ``mark``, one message each (so the
-        element's resume point moves over them), or ``reset`` if the history cannot."""
+        element's resume point moves over them), or ``reset`` if the history cannot.
+        ``cause`` (for the metrics): ``skip``, a frame came ahead; ``check``, the gap check."""
         async with _group_slot():
             status, current, entries = await history.read(self.channel_layer, group, mark)
         if name not in self.subscriptions.get(group, {}):
             return  # unsubscribed or revoked meanwhile
+        metrics.repaired(cause, len(entries))
         if status == "reset":
             await self._reply("reset", stream=name)
         for offset, html in entries:
@@ -379,37 +404,14 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
                 logger.info("turbo_tasks: frames for %s never arrived; replaying them", group)
                 for name, mark in list(self.subscriptions.get(group, {}).items()):
                     if mark is not None:
-                        await self._fill(group, name, mark)
+                        await self._fill(group, name, mark, "check")
                 async with self._membership:  # the membership may be what was lost
                     if group in self.subscriptions:
                         await self._join(group)
 
     async def _reply(self, kind: str, **fields: Any) -> None:
         await self.send(text_data=json.dumps({"type": kind, **fields}))
+        metrics.replied(kind, fields)
 
     async def _error(self, reason: str) -> None:
         await self._reply("error", reason=reason)
-
-
-_fitted_layers: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _fit_layer(alias: str) -> None:
-    """Once per layer: make its receive safe to cancel (a closing socket must not take
-    another socket's frame with it), and lengthen socket timeouts that would kill idle
-    consumers."""
-    layer = get_channel_layer(alias)
-    if layer is None or layer in _fitted_layers:
-        return
-    _fitted_layers.add(layer)
-    _compat.protect_receive(layer)
-    for host in _compat.lengthen_receive_timeouts(layer):
-        logger.warning(
-            "turbo_tasks: channel layer %r host %s had no socket_timeout; redis-py's default "
-            "(%ss) is no longer than channels_redis' blocking receive, which would close every "
-            "idle websocket. Using socket_timeout=%s; set it in CHANNEL_LAYERS to silence this.",
-            alias,
-            host.get("address") or (host.get("host"), host.get("port")),
-            _compat.redis_default_socket_timeout(),
-            host["socket_timeout"],
-        )

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,7 +22,16 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from turbo_tasks import codec, layers, refreshes, request_context, signing, snapshots
+from turbo_tasks import (
+    codec,
+    layers,
+    metrics,
+    refreshes,
+    request_context,
+    signing,
+    snapshots,
+    tracing,
+)
 from turbo_tasks import jobs as job_format
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, HookError, InvalidJob
 from turbo_tasks.jobs import BroadcastJob, RawJob, RecheckJob
@@ -318,12 +328,24 @@ def deliver(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> int:
     """Run the hooks for ``jobs``, render the frames of streams that have subscribers and
     push them; return the number of frames sent. Frames from hooks that succeeded are
     pushed even when another hook failed; then HookError is raised."""
-    result = run_hooks(jobs, using)
+    with tracing.stage("hooks"):
+        result = run_hooks(jobs, using)
     layer = layers.get_layer()
     subscribed = layers.groups_with_subscribers(layer, {b.group for b in result.broadcasts})
-    frames = render_frames(refreshes.debounce(layer, result.broadcasts, subscribed), result.errors)
-    layers.push(layer, frames)
-    layers.recheck(layer, result.rechecks)
+    started = time.perf_counter()
+    with tracing.stage("render"):
+        wanted = refreshes.debounce(layer, result.broadcasts, subscribed)
+        frames = render_frames(wanted, result.errors)
+    metrics.rendered(
+        len(frames),
+        skipped=sum(1 for b in result.broadcasts if b.group not in subscribed),
+        failures=len(result.errors),
+        seconds=time.perf_counter() - started,
+    )
+    with tracing.stage("push"):
+        layers.push(layer, frames)
+        layers.recheck(layer, result.rechecks)
+    metrics.pushed(len(frames))
     if result.errors:
         raise HookError(
             f"{len(result.errors)} of {len(jobs)} broadcast job(s) failed in their hooks: "

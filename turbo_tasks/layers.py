@@ -175,7 +175,13 @@ async def _send_all(layer: Any, by_group: dict[str, list[tuple[str | None, list[
     async def send_group(group: str, messages: list[tuple[str | None, list[str]]]) -> None:
         for exclude, frames in messages:
             html = "".join(frames)
-            event = {"type": "turbo.message", "group": group, "html": html}
+            # "pushed": for the push → socket lag metric (turbo_tasks.metrics).
+            event: dict[str, Any] = {
+                "type": "turbo.message",
+                "group": group,
+                "html": html,
+                "pushed": time.time(),
+            }
             if exclude is not None:
                 event["exclude"] = exclude
             if keep:

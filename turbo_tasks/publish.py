@@ -26,7 +26,7 @@ from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from django.db import DEFAULT_DB_ALIAS
 
-from turbo_tasks import _compat, conf
+from turbo_tasks import _compat, conf, metrics, tracing
 from turbo_tasks.jobs import TASK_NAME, Job, redact
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,12 @@ def send_jobs(
     ``MAX_JOBS_PER_MESSAGE`` jobs each (with their outbox rows, in outbox mode), to run
     ``countdown`` seconds from now if given (a debounced refresh's trailing send). The one
     place that publishes ``deliver`` messages. Never raises: returns how many of ``jobs``
-    (a prefix) were sent, and logs the rest with their payload when a publish fails."""
+    (a prefix) were sent, and logs the rest with their payload when a publish fails.
+
+    Each message carries two headers for the worker's metrics and traces:
+    ``turbo_committed``, the Unix time of the publish (for the commit → push lag; not on a
+    delayed send), and ``traceparent``, the W3C trace context of the span active here, when
+    OpenTelemetry is installed and one is."""
     if not jobs:
         return 0
     override = publisher.get()
@@ -62,16 +67,21 @@ def send_jobs(
     size = conf.get("MAX_JOBS_PER_MESSAGE")
     queue = conf.get("QUEUE")
     kwargs: dict[str, Any] = {} if using == DEFAULT_DB_ALIAS else {"using": using}
+    headers: dict[str, Any] = {} if countdown is not None else {"turbo_committed": time.time()}
+    if (trace := tracing.traceparent()) is not None:
+        headers["traceparent"] = trace
+    mode = "trailing" if countdown is not None else conf.get("PUBLISH_MODE")
     for start in range(0, len(jobs), size):
         if outbox_ids:
             kwargs = {**kwargs, "outbox": list(outbox_ids[start : start + size])}
         try:
-            publish(app, list(jobs[start : start + size]), kwargs, queue, countdown)
+            publish(app, list(jobs[start : start + size]), kwargs, queue, countdown, headers)
         except Exception:
             # The write has committed; breaking the caller now would not undo it.
+            metrics.publish_failed(mode)
             if countdown is not None:
                 fate = "the caller sends them now instead"
-            elif conf.get("PUBLISH_MODE") == "outbox":
+            elif mode == "outbox":
                 fate = "they stay in the outbox for the relay"
             else:
                 fate = "these broadcasts are lost (PUBLISH_MODE 'outbox' would keep them)"
@@ -83,6 +93,7 @@ def send_jobs(
                 json.dumps({"jobs": redact(list(jobs[start:])), "using": using}),
             )
             return start
+        metrics.published(mode)
     return len(jobs)
 
 
@@ -103,9 +114,10 @@ def publish(
     kwargs: dict[str, Any],
     queue: str,
     countdown: float | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> None:
-    """Publish one ``turbo_tasks.deliver(jobs, **kwargs)`` message to ``queue``; raises on
-    failure after ``PUBLISH_RETRY_POLICY``."""
+    """Publish one ``turbo_tasks.deliver(jobs, **kwargs)`` message, with ``headers``, to
+    ``queue``; raises on failure after ``PUBLISH_RETRY_POLICY``."""
     policy = conf.get("PUBLISH_RETRY_POLICY")
     # The fast path writes no ETA header: a delayed task goes through send_task.
     fast = _fast_publisher(app) if conf.get("FAST_PUBLISH") and countdown is None else None
@@ -119,10 +131,11 @@ def publish(
             retry=True,
             retry_policy=policy,
             ignore_result=True,
+            headers=headers or None,
             **readable_args(jobs, kwargs),
         )
     else:
-        fast.publish(jobs, kwargs, queue, policy)
+        fast.publish(jobs, kwargs, queue, policy, headers)
 
 
 class RedisPublisher:
@@ -144,13 +157,20 @@ class RedisPublisher:
         self.local = threading.local()
         self.layout = _compat.TaskMessageLayout(TASK_NAME)
 
-    def message(self, jobs: list[Job], kwargs: dict[str, Any], queue: str) -> bytes:
+    def message(
+        self,
+        jobs: list[Job],
+        kwargs: dict[str, Any],
+        queue: str,
+        headers: dict[str, Any] | None = None,
+    ) -> bytes:
         # Runs in the user's commit, once per transaction: one dump of the jobs.
         jobs_json = json.dumps(jobs, separators=(",", ":"))
         shown = redact(jobs)
         shown_json = jobs_json if shown is jobs else json.dumps(shown, separators=(",", ":"))
         kwargs_json = json.dumps(kwargs, separators=(",", ":")) if kwargs else "{}"
-        return self.layout.encode(queue, jobs_json, shown_json, kwargs_json)
+        extra = json.dumps(headers, separators=(",", ":"))[1:-1] if headers else ""
+        return self.layout.encode(queue, jobs_json, shown_json, kwargs_json, extra)
 
     def _connection(self) -> redis.Connection:
         local = self.local
@@ -167,9 +187,11 @@ class RedisPublisher:
         kwargs: dict[str, Any],
         queue: str,
         policy: dict[str, Any],
+        headers: dict[str, Any] | None = None,
     ) -> None:
         connection = self._connection()
-        command = connection.pack_command("LPUSH", queue, self.message(jobs, kwargs, queue))
+        message = self.message(jobs, kwargs, queue, headers)
+        command = connection.pack_command("LPUSH", queue, message)
         max_retries = int(policy.get("max_retries", 3))
         delay = float(policy.get("interval_start", 0))
         for attempt in range(max_retries + 1):

@@ -11,7 +11,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
-from turbo_tasks import conf, delivery, layers, presence
+from turbo_tasks import conf, delivery, layers, metrics, presence, tracing
 from turbo_tasks import outbox as outbox_rows
 from turbo_tasks.exceptions import TRANSIENT_ERRORS, DeliveryFailed, HookError, InvalidJob
 from turbo_tasks.jobs import TASK_NAME, validate_outbox
@@ -47,8 +47,11 @@ def deliver(
     """
     outbox = validate_outbox(outbox)
     try:
-        sent = delivery.deliver(jobs, using)
-    except (InvalidJob, HookError):
+        # The publisher's headers (turbo_tasks.publish.send_jobs); none on a hand-made run.
+        with tracing.delivery_span(self.request.get("traceparent"), len(jobs)):
+            sent = delivery.deliver(jobs, using)
+    except (InvalidJob, HookError) as exc:
+        metrics.task_done("invalid" if isinstance(exc, InvalidJob) else "hook_error")
         outbox_rows.confirm_soon(outbox, using)  # publishing them again cannot help
         raise
     except TRANSIENT_ERRORS as exc:
@@ -59,9 +62,11 @@ def deliver(
                 connections[using].close()
         retries = self.request.retries
         if retries >= conf.get("MAX_RETRIES"):
+            metrics.task_done("gave_up")
             raise DeliveryFailed(
                 f"turbo_tasks.deliver gave up after {retries} retries: {exc!r}"
             ) from exc
+        metrics.task_done("retry")
         try:
             raise self.retry(
                 exc=exc,
@@ -74,6 +79,8 @@ def deliver(
             # back instead of dropping it; if even that fails it stays unacknowledged and
             # the broker redelivers it after its visibility timeout.
             raise Reject(exc, requeue=True) from rejected
+    metrics.task_done("ok")
+    metrics.pushed_after_commit(self.request.get("turbo_committed"))
     outbox_rows.confirm_soon(outbox, using)
     return sent
 
@@ -116,6 +123,13 @@ def _stop_outbox_relay(**kwargs: Any) -> None:
 def _announce_worker(sender: Any = None, **kwargs: Any) -> None:
     # For turbo_tasks_status: the main process announces the worker (docs/howto/status.md).
     presence.start_worker(sender)
+
+
+@worker_ready.connect
+def _serve_metrics(sender: Any = None, **kwargs: Any) -> None:
+    # WORKER_METRICS_PORT: /metrics from the main process (docs/howto/metrics.md).
+    pool = type(getattr(sender, "pool", None)).__module__  # celery.concurrency.prefork, …
+    metrics.serve_worker(pool.rpartition(".")[2])
 
 
 @worker_shutdown.connect

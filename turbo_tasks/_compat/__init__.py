@@ -58,6 +58,9 @@ from turbo_tasks._compat.layers import (
     blocking_receive_seconds as blocking_receive_seconds,
 )
 from turbo_tasks._compat.layers import (
+    fit_layer_for_consumers as fit_layer_for_consumers,
+)
+from turbo_tasks._compat.layers import (
     group_channel as group_channel,
 )
 from turbo_tasks._compat.layers import (

@@ -39,7 +39,7 @@ class TaskMessageLayout:
         )
         headers_tail = (
             f'"origin":{self._origin_json},"ignore_result":true,"replaced_task_nesting":0,'
-            f'"stamped_headers":null,"stamps":{{}}}},"properties":{{"correlation_id":"'
+            f'"stamped_headers":null,"stamps":{{}}'
         )
         properties_tail = (
             f'"reply_to":"{self._reply_to}","delivery_mode":2,'
@@ -49,9 +49,13 @@ class TaskMessageLayout:
         template = self._templates[queue] = (headers_head, headers_tail, properties_tail)
         return template
 
-    def encode(self, queue: str, args_json: str, shown_json: str, kwargs_json: str) -> bytes:
+    def encode(
+        self, queue: str, args_json: str, shown_json: str, kwargs_json: str, headers: str = ""
+    ) -> bytes:
         """The message for ``task(<args_json>, **<kwargs_json>)`` on ``queue``: one
-        positional argument, given as JSON; Flower shows ``shown_json`` for it."""
+        positional argument, given as JSON; Flower shows ``shown_json`` for it. ``headers``:
+        custom headers, as the members of a JSON object (``"a":1,"b":"x"``), where
+        ``send_task(headers=...)`` puts them: after Celery's own."""
         headers_head, headers_tail, properties_tail = self._template(queue)
         task_id = str(uuid.uuid4())
         body = base64.b64encode(f"[[{args_json}],{kwargs_json},{_EMBED_JSON}]".encode())
@@ -65,7 +69,9 @@ class TaskMessageLayout:
                     f'"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
                     f'"root_id":"{task_id}","parent_id":null,'
                     f'"argsrepr":{json.dumps(f"[{shown_json}]")},'
-                    f'"kwargsrepr":{json.dumps(kwargs_json)},{headers_tail}{task_id}",'
+                    f'"kwargsrepr":{json.dumps(kwargs_json)},{headers_tail}'
+                    f'{"," + headers if headers else ""}}},"properties":{{"correlation_id":"'
+                    f'{task_id}",'
                 ).encode(),
                 properties_tail,
                 task_id.encode(),  # delivery_tag: unique per message, like kombu's uuid

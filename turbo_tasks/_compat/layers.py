@@ -296,3 +296,31 @@ def _requeue_done(call: asyncio.Future[Any]) -> None:
             "channels_redis' backup key for the next receive",
             exc_info=call.exception(),
         )
+
+
+# -- both: a layer fit for websocket consumers ----------------------------------------------
+
+_fitted_layers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def fit_layer_for_consumers(alias: str) -> None:
+    """Once per layer: make its receive safe to cancel (a closing socket must not take
+    another socket's frame with it), and lengthen socket timeouts that would kill idle
+    consumers (logged, with the way to silence it)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer(alias)
+    if layer is None or layer in _fitted_layers:
+        return
+    _fitted_layers.add(layer)
+    protect_receive(layer)
+    for host in lengthen_receive_timeouts(layer):
+        logging.getLogger("turbo_tasks.consumers").warning(
+            "turbo_tasks: channel layer %r host %s had no socket_timeout; redis-py's default "
+            "(%ss) is no longer than channels_redis' blocking receive, which would close every "
+            "idle websocket. Using socket_timeout=%s; set it in CHANNEL_LAYERS to silence this.",
+            alias,
+            host.get("address") or (host.get("host"), host.get("port")),
+            redis_default_socket_timeout(),
+            host["socket_timeout"],
+        )
