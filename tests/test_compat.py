@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
-from turbo_tasks import _compat
+from turbo_tasks import _compat, history
 
 T = TypeVar("T")
 
@@ -323,3 +323,92 @@ def test_answers_when_every_shard_answers_a_ping(redis_server):
         for layer in (up, down):
             for pool in layers._sync_pools.pop(layer, {}).values():
                 pool.disconnect()
+
+
+# -- channels_redis: the second half of the core layer's group_send ----------------------------
+
+
+def _channel_contents(layer: RedisChannelLayer, channels: list[str]) -> dict[str, list]:
+    """What each channel's Redis key holds, deserialized (the random prefix aside)."""
+
+    async def read() -> dict[str, list]:
+        found = {}
+        for channel in channels:
+            key = layer.prefix + (layer.non_local_name(channel) if "!" in channel else channel)
+            shard = layer.connection(layer.consistent_hash(key[len(layer.prefix) :]))
+            raw = await shard.zrange(key, 0, -1)
+            found[channel] = [layer.deserialize(m) for m in raw]
+            await shard.delete(key)
+        return found
+
+    return async_to_sync(read)()
+
+
+def test_send_to_members_writes_what_group_send_writes(redis_server):
+    layer = _layer(CORE_LAYER, prefix=f"compat-send-{time.monotonic_ns()}")
+    assert _compat.sends_directly(layer)
+    group = "turbo_tasks.compat.send"
+    # Two process-local channels of one process share a key; a plain channel has its own.
+    channels = ["specific.proc1!a", "specific.proc1!b", "plain.channel"]
+    message = {"type": "turbo.message", "group": group, "html": "<p>x</p>", "pushed": 1.5}
+
+    async def both() -> None:
+        for channel in channels:
+            await layer.group_add(group, channel)
+        await layer.group_send(group, message)
+
+    async_to_sync(both)()
+    by_group_send = _channel_contents(layer, channels)
+
+    async def ours() -> None:
+        members = await _compat.group_connection(layer, group).zrange(
+            _compat.group_key(layer, group), 0, -1
+        )
+        await _compat.send_to_members(layer, group, members, message)
+
+    async_to_sync(ours)()
+    assert _channel_contents(layer, channels) == by_group_send
+    assert by_group_send["specific.proc1!a"] == [
+        {**message, "__asgi_channel__": ["specific.proc1!a", "specific.proc1!b"]}
+    ]
+    assert by_group_send["plain.channel"] == [{**message, "__asgi_channel__": ["plain.channel"]}]
+
+
+def test_send_to_members_drops_for_full_channels_and_expired_members_as_group_send(redis_server):
+    layer = _layer(CORE_LAYER, prefix=f"compat-full-{time.monotonic_ns()}", capacity=1)
+    group = "turbo_tasks.compat.full"
+    message = {"type": "turbo.message", "group": group, "html": "<p>x</p>"}
+
+    async def send_twice() -> None:
+        await layer.group_add(group, "full.channel")
+        members = [b"full.channel"]
+        await _compat.send_to_members(layer, group, members, message)
+        await _compat.send_to_members(layer, group, members, {**message, "html": "2"})
+
+    async_to_sync(send_twice)()
+    assert [m["html"] for m in _channel_contents(layer, ["full.channel"])["full.channel"]] == [
+        "<p>x</p>"
+    ]
+
+    # A member added longer than group_expiry ago is gone for group_send: for
+    # history.send too, with catch-up on and off.
+    async def send_past_an_expired_member(keep: bool) -> None:
+        client = _compat.group_connection(layer, group)
+        stale = time.time() - layer.group_expiry - 10
+        await client.zadd(_compat.group_key(layer, group), {"stale.channel": stale})
+        await history.send(layer, group, dict(message), keep)
+
+    for keep in (True, False):
+        async_to_sync(send_past_an_expired_member)(keep)
+        assert _channel_contents(layer, ["stale.channel"]) == {"stale.channel": []}
+    assert len(_channel_contents(layer, ["full.channel"])["full.channel"]) == 1
+
+
+def test_sends_directly_only_for_the_core_layers_own_group_send():
+    class Custom(RedisChannelLayer):
+        async def group_send(self, group, message):  # type: ignore[no-untyped-def]
+            raise AssertionError("not bypassed")
+
+    assert _compat.sends_directly(RedisChannelLayer(hosts=SHARDS))
+    assert not _compat.sends_directly(Custom(hosts=SHARDS))
+    assert not _compat.sends_directly(RedisPubSubChannelLayer(hosts=SHARDS))

@@ -84,6 +84,24 @@ return {inc, seq}
 """
 )
 
+# _PUSH, then the group's live members (core layer): KEYS: meta, history, group.
+# ARGV: as _PUSH, then alive since (s). Returns {inc, seq, member...}. The members are read
+# after the append, as channels_redis' group_send would read them after a separate append:
+# a socket that joins later reads the history after joining, and finds the frame there.
+_PUSH_MEMBERS = _PUSH.replace(
+    "return {inc, seq}",
+    """redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, ARGV[6])
+local out = redis.call('ZRANGE', KEYS[3], 0, -1)
+table.insert(out, 1, seq)
+table.insert(out, 1, inc)
+return out""",
+)
+# Core layer, catch-up off: the group's live members. KEYS: group. ARGV: alive since (s).
+_MEMBERS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
 # KEYS: meta, history. ARGV: since inc ('' for none), since seq, new inc, meta seconds,
 # watch seconds. Returns {inc, seq, status, entries...}: status 'live' (no since), 'ok'
 # (the entries after since follow) or 'reset' (the history cannot serve since).
@@ -228,6 +246,37 @@ async def append(layer: Any, group: str, html: str) -> str:
         META_SECONDS,
     )
     return offset(_text(inc), int(seq))
+
+
+async def send(layer: Any, group: str, event: dict[str, Any], keep: bool) -> None:
+    """``group_send`` of ``event`` to ``group``, after appending its html to the history
+    when ``keep`` (setting its ``offset``). On channels_redis' core layer, two round trips
+    (the append and the member read in one script, then one script per shard writing the
+    channels) instead of five; elsewhere ``append`` then the layer's ``group_send``."""
+    if not _compat.sends_directly(layer):
+        if keep:
+            event["offset"] = await append(layer, group, event["html"])
+        await layer.group_send(group, event)
+        return
+    connection = _compat.group_connection(layer, group)
+    key = _compat.group_key(layer, group)
+    if keep:
+        inc, seq, *members = await connection.eval(
+            _PUSH_MEMBERS,
+            3,
+            *_keys(layer, group),
+            key,
+            event["html"],
+            conf.get("HISTORY_LENGTH"),
+            conf.get("HISTORY_SECONDS"),
+            _new_inc(),
+            META_SECONDS,
+            _compat.alive_since(layer),
+        )
+        event["offset"] = offset(_text(inc), int(seq))
+    else:
+        members = await connection.eval(_MEMBERS, 1, key, _compat.alive_since(layer))
+    await _compat.send_to_members(layer, group, members, event)
 
 
 async def wanted(layer: Any, group: str) -> bool:

@@ -184,10 +184,8 @@ async def _send_all(layer: Any, by_group: dict[str, list[tuple[str | None, list[
             }
             if exclude is not None:
                 event["exclude"] = exclude
-            if keep:
-                # In the history first: a page that joins between the two replays it.
-                event["offset"] = await history.append(layer, group, html)
-            await layer.group_send(group, event)
+            # In the history first: a page that joins between the two replays it.
+            await history.send(layer, group, event, keep)
 
     await gather_bounded(send_group(group, msgs) for group, msgs in by_group.items())
 

@@ -52,6 +52,9 @@ from turbo_tasks._compat.layers import (
     SYNC_TIMEOUT_SECONDS as SYNC_TIMEOUT_SECONDS,
 )
 from turbo_tasks._compat.layers import (
+    alive_since as alive_since,
+)
+from turbo_tasks._compat.layers import (
     answers as answers,
 )
 from turbo_tasks._compat.layers import (
@@ -95,6 +98,12 @@ from turbo_tasks._compat.layers import (
 )
 from turbo_tasks._compat.layers import (
     redis_default_socket_timeout as redis_default_socket_timeout,
+)
+from turbo_tasks._compat.layers import (
+    send_to_members as send_to_members,
+)
+from turbo_tasks._compat.layers import (
+    sends_directly as sends_directly,
 )
 from turbo_tasks._compat.layers import (
     shard_connection as shard_connection,

@@ -138,6 +138,70 @@ async def has_members(layer: Any, group: str) -> bool:
     return bool(await client.zcount(group_key(layer, group), alive_since, "+inf"))
 
 
+# channels_redis' group_send, in two round trips instead of four: the group's members are
+# read by turbo_tasks (with the history append, in one script: history.append_and_send) and
+# each shard's channels get the message in one script that also drops expired messages
+# (channels_redis runs that clean-up as a separate pipeline first). KEYS: channel keys.
+# ARGV: one message per key, one capacity per key, then now (s) and the message expiry (s).
+_SEND_TO_CHANNELS = """
+local n = #KEYS
+local over_capacity = 0
+local current_time = ARGV[2 * n + 1]
+local expiry = ARGV[2 * n + 2]
+local expired = math.floor(tonumber(current_time)) - tonumber(expiry)
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, expired)
+  if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[i + n]) then
+    redis.call('ZADD', KEYS[i], current_time, ARGV[i])
+    redis.call('EXPIRE', KEYS[i], expiry)
+  else
+    over_capacity = over_capacity + 1
+  end
+end
+return over_capacity
+"""
+
+
+def sends_directly(layer: Any) -> bool:
+    """Whether ``send_to_members`` can stand in for ``layer.group_send``: channels_redis'
+    core layer (or a subclass that keeps its group_send and message mapping)."""
+    return (
+        is_redis_core_layer(layer)
+        and type(layer).group_send is RedisChannelLayer.group_send
+        and type(layer)._map_channel_keys_to_connection
+        is RedisChannelLayer._map_channel_keys_to_connection
+    )
+
+
+def alive_since(layer: RedisChannelLayer) -> int:
+    """Core layer: members that joined before this (s) are expired (group_send drops them)."""
+    return int(time.time()) - int(layer.group_expiry)
+
+
+async def send_to_members(
+    layer: RedisChannelLayer, group: str, members: list[Any], message: dict[str, Any]
+) -> None:
+    """The second half of channels_redis' ``group_send`` for ``members`` (the group's
+    channel names, read with the expired ones dropped): one message per channel key,
+    serialized by the layer, one round trip per shard involved."""
+    names = [m.decode("utf8") if isinstance(m, bytes) else str(m) for m in members]
+    if not names:
+        return
+    by_connection, messages, capacities = layer._map_channel_keys_to_connection(names, message)
+    for index, keys in by_connection.items():
+        over = await layer.connection(index).eval(
+            _SEND_TO_CHANNELS,
+            len(keys),
+            *keys,
+            *(messages[key] for key in keys),
+            *(capacities[key] for key in keys),
+            time.time(),
+            int(layer.expiry),
+        )
+        if over:
+            logger.info("%s of %s channels over capacity in group %s", over, len(names), group)
+
+
 # layer -> {shard index: pool}; by the layer object, not its id (which a new layer, e.g.
 # after override_settings(CHANNEL_LAYERS=…), may reuse with other hosts).
 _sync_pools: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
