@@ -2,12 +2,14 @@
 """Websocket client of the fan-out benchmarks, run as a subprocess of bench/run.py so its
 CPU work does not share a GIL with the producer.
 
-Opens ``--sockets`` websockets to the ASGI server, subscribes each to ``--stream`` (the
+Opens ``--sockets`` websockets to the ASGI server (``--url`` once per ASGI process: the
+sockets go to them in turn), subscribes each to ``--stream`` (the
 turbo_tasks protocol), prints ``READY {…}`` once all are subscribed, then records when each
 socket first sees each ``<p id="m-<pk>">text</p>`` item (a frame may carry many), until every
 socket has ``--expect`` distinct items, a ``STOP`` line arrives on stdin, or ``--timeout``.
-Prints ``RESULT {…}`` and exits. Times are ``time.time()`` (same machine clock as the
-producer, which writes its own ``time.time()`` into the row text for latency).
+Prints ``DONE <time>``, closes the sockets, prints ``RESULT {…}`` and exits. Times are
+``time.time()`` (same machine clock as the producer, which writes its own ``time.time()``
+into the row text for latency).
 
 With ``--catch-up`` (F4) it subscribes the sockets and prints ``READY``, then lets the server
 close them (the ASGI server restarts) and waits for a ``GO`` line on stdin; then every socket
@@ -42,6 +44,12 @@ def _ready(open_seconds: float, errors: list[str], **extra: object) -> None:
     """Tell the bench the sockets are open (one JSON line on stdout)."""
     report = {"open_seconds": open_seconds, "open_errors": errors[:20]}
     print("READY " + json.dumps({**report, "open_error_count": len(errors), **extra}), flush=True)
+
+
+def url_of(args: argparse.Namespace, index: int) -> str:
+    """The ASGI process of socket ``index``: round-robin over the ``--url``s."""
+    urls: list[str] = args.url
+    return urls[index % len(urls)]
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -95,7 +103,10 @@ async def catch_up(args: argparse.Namespace) -> dict:
             async with limit:
                 try:
                     ws = await connect(
-                        args.url, origin="http://127.0.0.1", open_timeout=60, ping_interval=None
+                        url_of(args, index),
+                        origin="http://127.0.0.1",
+                        open_timeout=60,
+                        ping_interval=None,
                     )
                     await ws.send(json.dumps({"type": "subscribe", "stream": args.stream}))
                     while True:
@@ -150,7 +161,7 @@ async def catch_up(args: argparse.Namespace) -> dict:
             async with again:
                 try:
                     async with connect(
-                        args.url,
+                        url_of(args, index),
                         origin="http://127.0.0.1",
                         open_timeout=60,
                         ping_interval=None,
@@ -207,7 +218,7 @@ async def main(args: argparse.Namespace) -> dict:
     started = time.time()
     errors: list[str] = []
     sockets = await asyncio.gather(
-        *(open_socket(args.url, args.stream, limit, errors) for _ in range(args.sockets))
+        *(open_socket(url_of(args, i), args.stream, limit, errors) for i in range(args.sockets))
     )
     open_seconds = time.time() - started
 
@@ -256,6 +267,8 @@ async def main(args: argparse.Namespace) -> dict:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(done.wait(), args.timeout)
     finished_at = time.time()
+    # Before the sockets close (bench/fanout.py Client.wait_done).
+    print(f"DONE {finished_at}", flush=True)
     for task in readers:
         task.cancel()
 
@@ -288,7 +301,12 @@ async def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", required=True)
+    parser.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        help="websocket URL; repeat it for several ASGI processes (socket i uses URL i mod n)",
+    )
     parser.add_argument("--stream", required=True, help="signed stream name")
     parser.add_argument("--sockets", type=int, default=1)
     parser.add_argument("--expect", type=int, required=True, help="distinct items per socket")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,7 @@ class Client:
                 [
                     sys.executable,
                     str(CLIENT),
-                    "--url",
-                    ctx.ws_url,
+                    *(arg for url in ctx.ws_urls for arg in ("--url", url)),
                     "--stream",
                     stream,
                     "--sockets",
@@ -107,6 +107,10 @@ class Client:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
+    def wait_done(self) -> None:
+        """Until every socket has its items (or the timeout), before the sockets close."""
+        self._line("DONE", self.timeout + 30)
+
     def result(self) -> dict[str, Any]:
         try:
             return json.loads(self._line("RESULT", self.timeout + 30))
@@ -148,6 +152,37 @@ def wait_idle(broker: redis.Redis, timeout: float = 60) -> float:
             )
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def spent(
+    ctx: Any, before: dict[str, Any], per: float, unit: str
+) -> tuple[dict[str, float], dict[str, Counter[str]]]:
+    """What the run used since ``before`` (``ctx.usage()``): CPU ms per ``unit`` (``per`` of
+    them) of each role's processes (all of them: two workers count twice), the machine's
+    busy cores meanwhile (1.0 = one core busy on average, other sessions' load included),
+    and the calls per command on the broker and the channel layer's redis-servers (totals,
+    by server role)."""
+    after = ctx.usage()
+    used = {
+        f"{role}_cpu_ms_per_{unit}": (after["cpu"][role] - before["cpu"][role]) * 1e3 / per
+        for role in after["cpu"]
+    }
+    used["busy_cores"] = (after["busy"] - before["busy"]) / (after["at"] - before["at"])
+    calls = {
+        server: Counter(
+            {k: n - before["calls"][server].get(k, 0) for k, n in counts.items() if k != "info"}
+        )
+        for server, counts in after["calls"].items()
+    }
+    return used, calls
+
+
+def per_unit(calls: dict[str, Counter[str]], units: float) -> dict[str, dict[str, float]]:
+    """Calls per command per unit, by server role, the most frequent first."""
+    return {
+        server: {k: round(n / units, 3) for k, n in counts.most_common() if n > 0}
+        for server, counts in calls.items()
+    }
 
 
 def history_groups(keys: list[Any], r: int, off: Callable[[Any], bool]) -> list[Any]:
@@ -194,9 +229,12 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
         "naive": (NaiveMessage, cfg["naive_changes"], batch, settings.NAIVE_QUEUE),
         "turbo_tasks_autocommit": (Message, cfg["autocommit_changes"], 1, conf.get("QUEUE")),
     }
+    plan = {name: plan[name] for name in cfg.get("variants", plan)}
     keys = [(name, mode) for name in plan for mode in F1_MODES]
     values: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in keys}
     complete: dict[tuple[str, str], int] = dict.fromkeys(keys, 0)
+    calls: dict[tuple[str, str], dict[str, Counter[str]]] = {key: {} for key in keys}
+    delivered_total: dict[tuple[str, str], int] = dict.fromkeys(keys, 0)
     for r in range(cfg["rounds"]):
         for name, mode in history_groups(keys, r, lambda k: k[0].endswith("_nohistory")):
             model, count, size, queue_name = plan[name]
@@ -215,6 +253,7 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             )
             if mode == "drain":
                 ctx.pause_queue(queue_name)
+            before = ctx.usage()
             start = produce_start = time.time()
             produce(model, room, count, size)
             produced = time.time()
@@ -224,6 +263,10 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             res = client.result()
             items = res["items"]
             delivered = len(items)
+            used, round_calls = spent(ctx, before, max(delivered, 1), "change")
+            for server, counts in round_calls.items():
+                calls[(name, mode)].setdefault(server, Counter()).update(counts)
+            delivered_total[(name, mode)] += delivered
             times = sorted(i["first"] for i in items.values()) or [res["finished_at"]]
             end = times[-1] if res["complete"] else res["finished_at"]
             complete[(name, mode)] += bool(res["complete"])
@@ -247,6 +290,8 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
                 **extra,
                 "delivered": float(delivered),
                 "ws_frames": float(res["frames"]),
+                # From the first commit to the last item (the drain mode's pause included).
+                **used,
             }
             for key, value in metrics.items():
                 values[(name, mode)].setdefault(key, []).append(value)
@@ -258,7 +303,7 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             )
     return {
         "unit": "changes/s delivered to a websocket",
-        "variants": {k: v.format(batch=batch) for k, v in F1_VARIANTS.items()},
+        "variants": {k: F1_VARIANTS[k].format(batch=batch) for k in plan},
         "modes": F1_MODES,
         "changes": {name: plan[name][1] for name in plan},
         "config": {**cfg, "pool": ctx.pool, "worker_concurrency": 1},
@@ -267,6 +312,9 @@ def f1(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
                 **{key: summary(vals) for key, vals in values[(name, mode)].items()},
                 "runs": cfg["rounds"],
                 "complete_runs": complete[(name, mode)],
+                "redis_calls_per_change": per_unit(
+                    calls[(name, mode)], max(delivered_total[(name, mode)], 1)
+                ),
             }
             for name, mode in keys
         },
@@ -291,6 +339,7 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
         "turbo_tasks_nohistory": Message,
         "naive": NaiveMessage,
     }
+    models = {name: models[name] for name in cfg.get("variants", models)}
     per_round: dict[str, dict[str, list[float]]] = {v: {} for v in models}
     pooled: dict[str, list[float]] = {v: [] for v in models}
     save_ms: dict[str, list[float]] = {v: [] for v in models}
@@ -356,7 +405,7 @@ def f2(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     return {
         "unit": "ms, time.time() before the save → frame received by the websocket client",
         "rate": rate,
-        "variants": F2_VARIANTS,
+        "variants": {name: F2_VARIANTS[name] for name in models},
         "config": {**cfg, "changes_per_round": count, "pool": ctx.pool},
         "backlog_at_start": left,
         "backlog_drain_seconds": waited,
@@ -394,6 +443,7 @@ def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
         wait_idle(broker)
         checkpoint()
         room = Room.objects.create(name=f"f3-{n}", counted=True)
+        opening = ctx.usage()
         client = Client(
             ctx,
             room.stream.signed_name,
@@ -402,12 +452,18 @@ def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             timeout=actions * cfg["gap"] + 60,
             name=f"f3-{n}",
         )
+        opened, open_calls = spent(ctx, opening, n, "socket")
         broker.delete(RENDERS_KEY)
         time.sleep(0.5)
+        before = ctx.usage()
         for _i in range(actions):
             ts = time.time()
             Message.objects.create(room=room, text=f"{ts:.6f}")
             time.sleep(cfg["gap"])
+        client.wait_done()
+        # Per socket and frame (each action is one frame to each of the n sockets), before
+        # the sockets close.
+        used, calls = spent(ctx, before, actions * n, "socket_frame")
         res = client.result()
         time.sleep(0.2)
         renders = int(broker.get(RENDERS_KEY) or 0)
@@ -425,6 +481,13 @@ def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             "complete": complete,
             "open_seconds": client.open_seconds,
             "open_errors_retried": client.open_errors,
+            # Opening and subscribing the sockets (client process start included).
+            "open": {**opened, "redis_calls_per_socket": per_unit(open_calls, n)},
+            # The actions (and the gaps between them, idle but for the gap check).
+            "fanout": {
+                **used,
+                "redis_calls_per_action": per_unit(calls, actions),
+            },
         }
         log(
             f"  F3 N={n}: opened in {client.open_seconds:.1f}s; all sockets in "
@@ -441,14 +504,16 @@ def f3(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
 # -- F4 ----------------------------------------------------------------------------------
 
 
-def stream_seq(channels: redis.Redis, group: str) -> int:
-    """The stream's sequence number: frames appended to its history so far."""
+def stream_seq(group: str) -> int:
+    """The stream's sequence number: frames appended to its history so far (on the shard
+    of the channel layer that holds it)."""
     from channels.layers import get_channel_layer
 
-    from turbo_tasks import history
+    from turbo_tasks import _compat, history
 
-    meta, _ = history._keys(get_channel_layer(), group)
-    return int(channels.hget(meta, "seq") or 0)
+    layer = get_channel_layer()
+    meta, _ = history._keys(layer, group)
+    return int(_compat.sync_client(layer, _compat.shard_index(layer, group)).hget(meta, "seq") or 0)
 
 
 def spy(ctx: Any, pids: dict[str, int], label: str) -> list[subprocess.Popen[bytes]]:
@@ -489,7 +554,6 @@ def f4(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
     reconnects at once with its ``since``: time until each has all frames and
     ``subscribed``."""
     broker = redis.Redis.from_url(settings.REDIS_URL)
-    channels = redis.Redis.from_url(settings.CHANNEL_REDIS_URL)
     n, frames = cfg["sockets"], cfg["frames"]
     per_round: dict[str, list[float]] = {}
     rounds = []
@@ -509,27 +573,40 @@ def f4(ctx: Any, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, A
             name="f4",
             extra=("--catch-up",),
         )
-        before = stream_seq(channels, group)
+        before = stream_seq(group)
         ctx.stop_asgi()
         down_at = time.monotonic()
         for i in range(frames):
             Message.objects.create(room=room, text=f"f4 {i}")
         wait_idle(broker)
-        pushed = stream_seq(channels, group) - before
+        pushed = stream_seq(group) - before
         if pushed != frames:
             log(f"  F4: {pushed} frames in the history while the server was down, not {frames}")
         ctx.start_asgi()
         down_s = time.monotonic() - down_at
-        spies = spy(ctx, {"asgi": ctx.asgi.pid, "client": client.proc.pid}, f"f4-{r}")
+        pids = {proc.name.replace("uvicorn", "asgi"): proc.pid for proc in ctx.asgis}
+        spies = spy(ctx, {**pids, "client": client.proc.pid}, f"f4-{r}")
         time.sleep(0.2)
+        catching_up = ctx.usage()
         client.send("GO")
         res = client.result()
+        # Per socket: its reconnect, subscribe with since, the replay and its close.
+        used, calls = spent(ctx, catching_up, n, "socket")
+        for key, value in used.items():
+            per_round.setdefault(key, []).append(value)
         for proc in spies:
             proc.wait(60)
         for key in ("all_seconds", "p50_seconds", "first_seconds"):
             if res[key] is not None:
                 per_round.setdefault(key, []).append(res[key])
-        rounds.append({**res, "frames_in_history": pushed, "server_down_seconds": down_s})
+        rounds.append(
+            {
+                **res,
+                "frames_in_history": pushed,
+                "server_down_seconds": down_s,
+                "redis_calls_per_socket": per_unit(calls, n),
+            }
+        )
         all_s = res["all_seconds"]
         log(
             f"  F4 round {r + 1}/{cfg['rounds']}: {res['caught_up']}/{n} sockets caught up "

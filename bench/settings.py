@@ -12,7 +12,9 @@ import json
 import os
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")  # Celery broker
-CHANNEL_REDIS_URL = os.environ.get("BENCH_CHANNEL_REDIS_URL", REDIS_URL)  # channel layer
+# The channel layer's shards (bench/run.py --shards N): one URL, or several comma-separated.
+CHANNEL_REDIS_URLS = os.environ.get("BENCH_CHANNEL_REDIS_URL", REDIS_URL).split(",")
+CHANNEL_REDIS_URL = CHANNEL_REDIS_URLS[0]
 DB_PATH = os.environ.get("BENCH_DB", "/tmp/turbo_tasks_bench.sqlite3")
 
 SECRET_KEY = "bench-secret-key-not-for-production"
@@ -53,13 +55,23 @@ DATABASES = {
 }
 
 ASGI_APPLICATION = "bench.asgi.application"
-CHANNEL_LAYERS = {
-    "default": {
-        # bench/run.py --layer: RedisChannelLayer (default) or RedisPubSubChannelLayer
-        "BACKEND": os.environ.get("BENCH_CHANNEL_LAYER", "channels_redis.core.RedisChannelLayer"),
-        "CONFIG": {"hosts": [{"address": CHANNEL_REDIS_URL, "socket_timeout": 15}]},
+
+
+def channel_layers(urls: list[str]) -> dict:
+    """CHANNEL_LAYERS on ``urls``, one ``hosts`` entry (shard) each; bench/run.py also calls it
+    when it switches the number of shards (--scale-out)."""
+    return {
+        "default": {
+            # bench/run.py --layer: RedisChannelLayer (default) or RedisPubSubChannelLayer
+            "BACKEND": os.environ.get(
+                "BENCH_CHANNEL_LAYER", "channels_redis.core.RedisChannelLayer"
+            ),
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 15} for url in urls]},
+        }
     }
-}
+
+
+CHANNEL_LAYERS = channel_layers(CHANNEL_REDIS_URLS)
 
 # As docs/howto/operations.md tells users to configure Celery.
 CELERY_BROKER_URL = REDIS_URL

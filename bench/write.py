@@ -70,7 +70,8 @@ class Queues:
 
     def __init__(self) -> None:
         self.broker = redis.Redis.from_url(settings.REDIS_URL)
-        self.channels = redis.Redis.from_url(settings.CHANNEL_REDIS_URL)
+        # Every shard: the fake channel keys hash to any of them (bench/run.py --shards).
+        self.channels = [redis.Redis.from_url(url) for url in settings.CHANNEL_REDIS_URLS]
         layer = get_channel_layer()
         self.fake_keys = [f"{layer.prefix}specific.{p}!" for p in _PROCESS_IDS]
 
@@ -83,7 +84,8 @@ class Queues:
 
     def flush(self) -> None:
         self.broker.delete(*self.names)
-        self.channels.delete(*self.fake_keys)
+        for shard in self.channels:
+            shard.delete(*self.fake_keys)
 
 
 def checkpoint() -> None:
