@@ -43,7 +43,9 @@ TIERS: dict[str, tuple[int, str]] = {
     # 3. The three paths, and the request side of a view.
     **dict.fromkeys(("signals", "bulk"), (PATHS, "write")),
     **dict.fromkeys(("delivery", "tasks"), (PATHS, "fan-out")),
-    **dict.fromkeys(("permissions", "gaps", "consumers", "routing"), (PATHS, "subscribe")),
+    **dict.fromkeys(
+        ("permissions", "gaps", "storm", "consumers", "routing"), (PATHS, "subscribe")
+    ),
     **dict.fromkeys(("http", "middleware"), (PATHS, "request")),
     # 4. Where Django, Celery and pytest plug in.
     **dict.fromkeys(

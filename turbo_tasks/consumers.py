@@ -5,36 +5,34 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from turbo_tasks import _compat, conf, gaps, history, metrics, permissions, presence, signing
+from turbo_tasks import (
+    _compat,
+    conf,
+    gaps,
+    history,
+    metrics,
+    permissions,
+    presence,
+    signing,
+    storm,
+)
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.gaps import Mark
 
 logger = logging.getLogger(__name__)
 
-# Group changes and history reads in flight per process. redis-py's async pool
-# (channels_redis) holds 100 connections and raises MaxConnectionsError beyond that, which
-# would kill the socket: a server restart makes every page reconnect and subscribe at once.
-MAX_CONCURRENT_GROUP_CHANGES = 50
-_group_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
+# Messages whose handlers (this module's) query only through database_sync_to_async:
+# dispatched without Channels' close_old_connections hop first (see dispatch).
+_NO_DB_CLEANUP = frozenset(
+    {"turbo.message", "websocket.connect", "websocket.receive", "websocket.disconnect"}
 )
-
 
 # Gap repairs in a row with no live frame in between before a socket counts as deaf.
 DEAF_REPAIRS = 3
-
-
-def _group_slot() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    slot = _group_slots.get(loop)
-    if slot is None:
-        slot = _group_slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_GROUP_CHANGES)
-    return slot
 
 
 # Lost connections one receive may read past while Redis still answers a PING.
@@ -250,8 +248,9 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         # Live frames for this group wait while we read: a consumer handles one event at
         # a time, so none can slip past the mark.
         wanted = history.parse(since)
-        async with _group_slot():  # with the group changes: one bound on the Redis pool
-            status, current, entries = await history.read(self.channel_layer, group, wanted)
+        # Within the group changes' bound on the Redis pool, shared with the sockets
+        # subscribing to this stream with the same since at the same time (turbo_tasks.storm).
+        status, current, entries = await storm.read_history(self.channel_layer, group, wanted)
         if since is not None and (wanted is None or status == "reset"):
             await self._reply("reset", stream=name)
         if entries:
@@ -305,11 +304,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return True
 
     async def _join(self, group: str) -> None:
-        async with _group_slot():
+        async with storm.slot():
             await self.channel_layer.group_add(group, self.channel_name)
 
     async def _leave(self, group: str, keep_watched: bool = False) -> None:
-        async with _group_slot():
+        async with storm.slot():
             await self.channel_layer.group_discard(group, self.channel_name)
             if keep_watched:
                 await history.left(self.channel_layer, group)
@@ -317,9 +316,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in its one thread-sensitive executor before
         # every handler: for a frame sent to 1,000 sockets, 1,000 hops through one thread
-        # (most of the fan-out time in the benchmark). A frame touches no database, and
-        # every query here goes through database_sync_to_async, which cleans up itself.
-        if message.get("type") == "turbo.message":
+        # (most of the fan-out time in the benchmark), and after a server restart three
+        # per reconnecting page (connect, subscribe, disconnect). A frame touches no
+        # database, and every query here goes through database_sync_to_async, which cleans
+        # up around itself (permissions.authorize, authorize_all).
+        if message.get("type") in _NO_DB_CLEANUP:
             await _compat.dispatch_without_db_cleanup(self, message)
         else:
             await super().dispatch(message)
@@ -368,7 +369,7 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         """Send ``name`` every frame of its stream after ``mark``, one message each (so the
         element's resume point moves over them), or ``reset`` if the history cannot.
         ``cause`` (for the metrics): ``skip``, a frame came ahead; ``check``, the gap check."""
-        async with _group_slot():
+        async with storm.slot():
             status, current, entries = await history.read(self.channel_layer, group, mark)
         if name not in self.subscriptions.get(group, {}):
             return  # unsubscribed or revoked meanwhile
