@@ -505,11 +505,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "a": "a: no broadcast",
         "a_td": "a_td: no broadcast (td table)",
         "b": "b: turbo_tasks",
+        "b_off": "b_off: turbo_tasks, metrics off",
         "c": "c: turbo-django",
         "d": "d: naive Celery",
         "e": "e: Redis LPUSH",
     }
-    colors = {"a": "C0", "a_td": "C1", "b": "C2", "c": "C3", "d": "C4", "e": "C5"}
+    colors = {"a": "C0", "a_td": "C1", "b": "C2", "b_off": "C6", "c": "C3", "d": "C4", "e": "C5"}
     for ax, key in zip(flat, panels, strict=False):
         data = results[key.rstrip("+")]
         if key == "W1+":
