@@ -229,7 +229,7 @@ def test_metrics_off_measures_nothing_and_the_view_is_404(client, settings, monk
     settings.TURBO_TASKS = {"METRICS": False}
     assert not metrics.available()
     before = _local()
-    metrics.published("direct")
+    metrics.published("direct", messages=1, jobs=1)
     metrics.task_done("ok")
     metrics.frame_sent(0.0)
     assert _local() == before
@@ -261,7 +261,7 @@ import django
 django.setup()
 from turbo_tasks import metrics, tracing, publish, consumers, tasks, views
 assert not metrics.available()
-metrics.jobs_committed(1); metrics.published("direct"); metrics.publish_failed("direct")
+metrics.published("direct", messages=1, jobs=2); metrics.publish_failed("direct")
 metrics.task_done("retry"); metrics.pushed_after_commit(0.0); metrics.socket_opened()
 metrics.subscriptions_changed(1); metrics.replied("rejected", {"reason": "forbidden"})
 metrics.replayed(3); metrics.repaired("check", 2); metrics.frame_sent(0.0)

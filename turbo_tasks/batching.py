@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from turbo_tasks import _compat, conf, metrics, outbox, publish, request_context
+from turbo_tasks import _compat, conf, outbox, publish, request_context
 from turbo_tasks.jobs import Job
 from turbo_tasks.suppression import suppressed
 
@@ -144,7 +144,6 @@ def _refresh(conn: Any, batch: _Batch | None, using: str) -> _Batch:
 
 
 def _publish_committed(jobs: list[Job], outbox_ids: list[int], using: str) -> None:
-    metrics.jobs_committed(len(jobs))
     if outbox_ids:
         outbox.publish_rows(outbox_ids, jobs, using)
     else:

@@ -79,6 +79,7 @@ def send_jobs(
         except Exception:
             # The write has committed; breaking the caller now would not undo it.
             metrics.publish_failed(mode)
+            metrics.published(mode, messages=start // size, jobs=start)
             if countdown is not None:
                 fate = "the caller sends them now instead"
             elif mode == "outbox":
@@ -93,7 +94,7 @@ def send_jobs(
                 json.dumps({"jobs": redact(list(jobs[start:])), "using": using}),
             )
             return start
-        metrics.published(mode)
+    metrics.published(mode, messages=-(-len(jobs) // size), jobs=len(jobs))
     return len(jobs)
 
 
@@ -169,7 +170,7 @@ class RedisPublisher:
         shown = redact(jobs)
         shown_json = jobs_json if shown is jobs else json.dumps(shown, separators=(",", ":"))
         kwargs_json = json.dumps(kwargs, separators=(",", ":")) if kwargs else "{}"
-        extra = json.dumps(headers, separators=(",", ":"))[1:-1] if headers else ""
+        extra = ",".join(_member(key, value) for key, value in headers.items()) if headers else ""
         return self.layout.encode(queue, jobs_json, shown_json, kwargs_json, extra)
 
     def _connection(self) -> redis.Connection:
@@ -209,6 +210,14 @@ class RedisPublisher:
                 delay + float(policy.get("interval_step", 0.2)),
                 float(policy.get("interval_max", 1)),
             )
+
+
+def _member(key: str, value: Any) -> str:
+    """One JSON object member; a float (the commit time) without json.dumps' overhead, as
+    this runs in every commit."""
+    if type(value) is float:
+        return f'"{key}":{value!r}'
+    return f"{json.dumps(key)}:{json.dumps(value)}"
 
 
 _publishers: weakref.WeakKeyDictionary[Celery, RedisPublisher | None] = weakref.WeakKeyDictionary()
