@@ -324,3 +324,26 @@ def test_a_message_without_a_commit_time_observes_no_lag():
     assert parse(_local()).get(key, 0.0) == before
     metrics.pushed_after_commit(0.0)
     assert parse(_local()).get(key, 0.0) == before + 1
+
+
+def test_a_missing_multiprocess_dir_turns_metrics_off_instead_of_breaking_saves(tmp_path):
+    """prometheus_client raises on every value it creates when PROMETHEUS_MULTIPROC_DIR is
+    not a directory: a save must still commit and publish."""
+    script = """
+import django
+django.setup()
+from turbo_tasks import metrics, publish
+assert not metrics.available()
+job = {"action": "save", "model": "testapp.room", "pk": 1, "created": True}
+assert publish.send_jobs([job]) == 1
+print("ok")
+"""
+    env = test_env()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "missing")
+    env["TURBO_TEST_TURBO_TASKS"] = json.dumps({"QUEUE": f"metrics-nodir-{uuid.uuid4().hex[:8]}"})
+    result = subprocess.run(
+        [sys.executable, "-c", "import worker\n" + script], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.strip() == "ok", result.stderr
+    assert "is not a directory: metrics are off" in result.stderr

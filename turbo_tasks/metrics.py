@@ -112,7 +112,22 @@ class _Metrics:
         )
 
 
-_metrics = _Metrics(_prom) if _prom is not None else None
+def _create() -> _Metrics | None:
+    if _prom is None:
+        return None
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and not os.path.isdir(directory):
+        # prometheus_client would raise on every value it creates, the write path's too.
+        logger.error(
+            "turbo_tasks: PROMETHEUS_MULTIPROC_DIR=%r is not a directory: metrics are off in "
+            "this process (create it before the processes start)",
+            directory,
+        )
+        return None
+    return _Metrics(_prom)
+
+
+_metrics = _create()
 
 
 @functools.cache
