@@ -207,6 +207,13 @@ def test_malformed_jobs_fail_at_once_naming_the_field(jobs, error):
     assert str(excinfo.value).startswith(error)
 
 
+@pytest.mark.parametrize("jobs", [5, None, "jobs"])
+def test_a_task_whose_jobs_are_not_a_list_fails_as_an_invalid_job(jobs):
+    # A hand-edited re-run: the task fails at once, as InvalidJob, never with a TypeError.
+    result = tasks.deliver.apply(args=(jobs,))
+    assert isinstance(result.result, InvalidJob)
+
+
 def test_context_dict_using_the_reserved_key_travels_as_a_plain_dict(room):
     lookalike = {"__turbo_model__": "auth.user", "pk": 1}
     encoded = codec.encode_context({"data": lookalike, "nested": [{"x": lookalike}]})

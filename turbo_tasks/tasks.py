@@ -48,7 +48,8 @@ def deliver(
     outbox = validate_outbox(outbox)
     try:
         # The publisher's headers (turbo_tasks.publish.send_jobs); none on a hand-made run.
-        with tracing.delivery_span(self.request.get("traceparent"), len(jobs)):
+        count = len(jobs) if isinstance(jobs, list) else 0  # not a list: InvalidJob below
+        with tracing.delivery_span(self.request.get("traceparent"), count):
             sent = delivery.deliver(jobs, using)
     except (InvalidJob, HookError) as exc:
         metrics.task_done("invalid" if isinstance(exc, InvalidJob) else "hook_error")
