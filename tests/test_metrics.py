@@ -271,7 +271,7 @@ metrics.published("direct", messages=1, jobs=2); metrics.publish_failed("direct"
 metrics.task_done("retry"); metrics.pushed_after_commit(0.0); metrics.socket_opened()
 metrics.subscriptions_changed(1); metrics.replied("rejected", {"reason": "forbidden"})
 metrics.replayed(3); metrics.repaired("check", 2); metrics.frame_sent(0.0)
-metrics.rendered(1, skipped=1, failures=0, seconds=0.1); metrics.pushed(1)
+metrics.rendered(1, groups=["g"], subscribed=set(), failures=0, seconds=0.1); metrics.pushed(1)
 assert metrics.serve_worker("solo") is False
 from django.test import Client
 assert Client().get("/turbo-tasks/metrics").status_code == 404

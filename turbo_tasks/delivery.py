@@ -338,7 +338,8 @@ def deliver(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> int:
         frames = render_frames(wanted, result.errors)
     metrics.rendered(
         len(frames),
-        skipped=sum(1 for b in result.broadcasts if b.group not in subscribed),
+        groups=(b.group for b in result.broadcasts),
+        subscribed=subscribed,
         failures=len(result.errors),
         seconds=time.perf_counter() - started,
     )

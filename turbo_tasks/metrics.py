@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Container, Iterable
 from typing import Any
 
 from turbo_tasks import conf
@@ -50,7 +51,6 @@ class _Metrics:
         )
         # Worker.
         self.tasks = counter("turbo_tasks_tasks", "deliver tasks run, by outcome.", ["outcome"])
-        self.retries = counter("turbo_tasks_retries", "deliver tasks retried after an outage.")
         self.hook_failures = counter(
             "turbo_tasks_hook_failures", "Jobs whose hooks or template rendering raised."
         )
@@ -170,16 +170,22 @@ def task_done(outcome: str) -> None:
     """``outcome``: ok, retry, invalid, hook_error or gave_up."""
     if (m := _on()) is not None:
         m.tasks.labels(outcome).inc()
-        if outcome == "retry":
-            m.retries.inc()
 
 
-def rendered(frames: int, *, skipped: int, failures: int, seconds: float) -> None:
-    """One task rendered ``frames`` in ``seconds``, skipped ``skipped`` (no subscriber),
-    and ``failures`` of its jobs' hooks or templates raised."""
+def rendered(
+    frames: int,
+    *,
+    groups: Iterable[str],
+    subscribed: Container[str],
+    failures: int,
+    seconds: float,
+) -> None:
+    """One task rendered ``frames`` in ``seconds`` for broadcasts to ``groups`` (one entry
+    per broadcast; those not in ``subscribed`` were skipped: no subscriber), and
+    ``failures`` of its jobs' hooks or templates raised."""
     if (m := _on()) is not None:
         m.frames_rendered.inc(frames)
-        m.frames_skipped.inc(skipped)
+        m.frames_skipped.inc(sum(1 for group in groups if group not in subscribed))
         m.hook_failures.inc(failures)
         m.render_seconds.observe(seconds)
 
