@@ -311,3 +311,36 @@ def test_an_unsupported_language_falls_back_to_the_default():
         assert translation.get_language() == settings.LANGUAGE_CODE
     with request_context.activated({"language": "fr-ca"}):
         assert translation.get_language() in ("fr-ca", "fr")
+
+
+def test_a_batch_of_jobs_runs_each_in_its_own_context():
+    # Inside batch() a job whose request matches the active one skips activating it again;
+    # every job must still start in its own language, time zone and origin.
+    def current():
+        return (
+            translation.get_language(),
+            timezone.get_current_timezone_name(),
+            request_context.capture().get("sender"),
+        )
+
+    default = (settings.LANGUAGE_CODE, settings.TIME_ZONE, None)
+    french = {"language": "fr", "time_zone": "Asia/Tokyo", "sender": SOCKET}
+    with request_context.batch():
+        for request, expected in [
+            ({}, default),
+            (french, ("fr", "Asia/Tokyo", SOCKET)),
+            ({}, default),
+            (french, ("fr", "Asia/Tokyo", SOCKET)),
+            (french, ("fr", "Asia/Tokyo", SOCKET)),
+        ]:
+            with request_context.activated(request):
+                assert current() == expected
+    assert current() == default
+    # Hooks that activate another language or time zone and leave it active.
+    for hook in (lambda: translation.activate("fr"), lambda: timezone.activate("Asia/Tokyo")):
+        with request_context.batch():
+            with request_context.activated({}):  # the same request: nothing activated
+                hook()
+            with request_context.activated({}):
+                assert current() == default
+        assert current() == default

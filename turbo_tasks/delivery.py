@@ -328,14 +328,15 @@ def deliver(jobs: Any, using: str = DEFAULT_DB_ALIAS) -> int:
     """Run the hooks for ``jobs``, render the frames of streams that have subscribers and
     push them; return the number of frames sent. Frames from hooks that succeeded are
     pushed even when another hook failed; then HookError is raised."""
-    with tracing.stage("hooks"):
-        result = run_hooks(jobs, using)
-    layer = layers.get_layer()
-    subscribed = layers.groups_with_subscribers(layer, {b.group for b in result.broadcasts})
-    started = time.perf_counter()
-    with tracing.stage("render"):
-        wanted = refreshes.debounce(layer, result.broadcasts, subscribed)
-        frames = render_frames(wanted, result.errors)
+    with request_context.batch():
+        with tracing.stage("hooks"):
+            result = run_hooks(jobs, using)
+        layer = layers.get_layer()
+        subscribed = layers.groups_with_subscribers(layer, {b.group for b in result.broadcasts})
+        started = time.perf_counter()
+        with tracing.stage("render"):
+            wanted = refreshes.debounce(layer, result.broadcasts, subscribed)
+            frames = render_frames(wanted, result.errors)
     metrics.rendered(
         len(frames),
         groups=(b.group for b in result.broadcasts),
