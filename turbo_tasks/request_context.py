@@ -131,7 +131,9 @@ _KEYS = ("language", "time_zone", "sender", "request_id")
 def _override(request: Mapping[str, str]) -> Iterator[None]:
     with (
         translation.override(_supported(request.get("language"))),
-        timezone.override(request.get("time_zone")),  # None: the default time zone
+        # The default time zone activated, not just the override's None: reading the
+        # current time zone is then ~2 µs cheaper (no AttributeError inside asgiref).
+        timezone.override(request.get("time_zone") or timezone.get_default_timezone()),
         origin(request.get("sender"), request.get("request_id")),
     ):
         held = _held.set(
