@@ -344,3 +344,26 @@ def test_a_batch_of_jobs_runs_each_in_its_own_context():
             with request_context.activated({}):
                 assert current() == default
         assert current() == default
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_of_jobs_in_different_languages_renders_each_in_its_own():
+    # What delivery.deliver does: the hooks and the rendering inside one batch().
+    room = Room.objects.create(name="r")
+    notices = [Notice.objects.create(room=room, at=MIDNIGHT_UTC) for _ in range(4)]
+    french = {"language": "fr", "time_zone": "Asia/Tokyo"}
+    jobs = [
+        {"action": "save", "model": "testapp.notice", "pk": n.pk, "created": True}
+        | ({"request": french} if i % 2 else {})
+        for i, n in enumerate(notices)
+    ]
+    with request_context.batch():
+        result = delivery.run_hooks(jobs)
+        frames = delivery.render_frames(result.broadcasts, result.errors)
+    appended = [html for _, html, _ in frames if 'target="notices"' in html]
+    assert [("Oui 09:00" in html, f"Yes {default_time()}" in html) for html in appended] == [
+        (False, True),
+        (True, False),
+        (False, True),
+        (True, False),
+    ]
