@@ -57,7 +57,7 @@ E2E := tests/test_end_to_end.py tests/test_delivery.py tests/test_consumer.py \
 	tests/test_receive.py tests/test_churn.py tests/test_pubsub.py tests/test_worker_pools.py \
 	tests/test_tutorial.py tests/test_components.py tests/test_status.py tests/test_codec.py \
 	tests/test_metrics.py tests/test_tracing.py tests/test_shared_reads.py \
-	tests/test_permission_batches.py
+	tests/test_permission_batches.py tests/test_group_changes.py
 test-newest: install
 	$(VENV)/bin/nox -s "$(NEWEST)" -- $(E2E) $(PYTEST_ARGS)
 

@@ -412,3 +412,34 @@ def test_sends_directly_only_for_the_core_layers_own_group_send():
     assert _compat.sends_directly(RedisChannelLayer(hosts=SHARDS))
     assert not _compat.sends_directly(Custom(hosts=SHARDS))
     assert not _compat.sends_directly(RedisPubSubChannelLayer(hosts=SHARDS))
+
+
+def test_queued_group_changes_write_what_group_add_and_group_discard_write(redis_server):
+    # turbo_tasks.storm sends a storm's joins and leaves in one pipeline: the same keys,
+    # members, scores (join times) and expiry as the layer's own calls.
+    layer = _layer(CORE_LAYER)
+    group, key = "turbo_tasks.compat.queued", _compat.group_key(layer, "turbo_tasks.compat.queued")
+
+    async def state(client: redis.asyncio.Redis) -> tuple[list[bytes], int]:
+        return await client.zrange(key, 0, -1), await client.ttl(key)
+
+    async def run() -> None:
+        client = _compat.group_connection(layer, group)
+        await client.delete(key)
+        await layer.group_add(group, "own.channel!a")
+        own = await state(client)
+        await layer.group_discard(group, "own.channel!a")
+        pipe = client.pipeline(transaction=False)
+        _compat.check_group_change(layer, group, "own.channel!a")
+        _compat.queue_group_add(layer, pipe, group, ["own.channel!a"])
+        await pipe.execute()
+        assert await state(client) == own
+        assert abs(await client.zscore(key, "own.channel!a") - time.time()) < 5
+        pipe = client.pipeline(transaction=False)
+        _compat.queue_group_discard(layer, pipe, group, ["own.channel!a"])
+        await pipe.execute()
+        assert await client.exists(key) == 0
+
+    async_to_sync(run)()
+    with pytest.raises(TypeError):  # as from group_add itself
+        _compat.check_group_change(layer, "not a group name!", "own.channel!a")

@@ -304,14 +304,10 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
             return True
 
     async def _join(self, group: str) -> None:
-        async with storm.slot():
-            await self.channel_layer.group_add(group, self.channel_name)
+        await storm.join(self.channel_layer, group, self.channel_name)
 
     async def _leave(self, group: str, keep_watched: bool = False) -> None:
-        async with storm.slot():
-            await self.channel_layer.group_discard(group, self.channel_name)
-            if keep_watched:
-                await history.left(self.channel_layer, group)
+        await storm.leave(self.channel_layer, group, self.channel_name, keep_watched)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in its one thread-sensitive executor before

@@ -330,6 +330,11 @@ async def left(layer: Any, group: str) -> None:
     await connection.eval(_TOUCH, 1, meta, conf.get("HISTORY_SECONDS"))
 
 
+def queue_left(layer: Any, pipe: Any, group: str) -> None:
+    """``left(layer, group)``, queued on ``pipe`` (a pipeline to the group's shard)."""
+    pipe.eval(_TOUCH, 1, _keys(layer, group)[0], conf.get("HISTORY_SECONDS"))
+
+
 async def current(layer: Any, groups: Iterable[str]) -> dict[str, tuple[str, int]]:
     """``(inc, seq)`` of each group's stream as Redis has it now (streams without offsets
     are left out), for the consumer's gap check: one round trip per shard involved, with

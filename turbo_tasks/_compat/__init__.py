@@ -61,6 +61,12 @@ from turbo_tasks._compat.layers import (
     blocking_receive_seconds as blocking_receive_seconds,
 )
 from turbo_tasks._compat.layers import (
+    changes_groups_directly as changes_groups_directly,
+)
+from turbo_tasks._compat.layers import (
+    check_group_change as check_group_change,
+)
+from turbo_tasks._compat.layers import (
     fit_layer_for_consumers as fit_layer_for_consumers,
 )
 from turbo_tasks._compat.layers import (
@@ -95,6 +101,12 @@ from turbo_tasks._compat.layers import (
 )
 from turbo_tasks._compat.layers import (
     protect_receive as protect_receive,
+)
+from turbo_tasks._compat.layers import (
+    queue_group_add as queue_group_add,
+)
+from turbo_tasks._compat.layers import (
+    queue_group_discard as queue_group_discard,
 )
 from turbo_tasks._compat.layers import (
     redis_default_socket_timeout as redis_default_socket_timeout,

@@ -173,6 +173,35 @@ def sends_directly(layer: Any) -> bool:
     )
 
 
+def changes_groups_directly(layer: Any) -> bool:
+    """Whether ``queue_group_add`` and ``queue_group_discard`` can stand in for the layer's
+    ``group_add`` and ``group_discard``: channels_redis' core layer with its own (neither
+    overridden nor replaced on the instance)."""
+    return is_redis_core_layer(layer) and all(
+        getattr(getattr(layer, name, None), "__func__", None) is getattr(RedisChannelLayer, name)
+        for name in ("group_add", "group_discard")
+    )
+
+
+def check_group_change(layer: RedisChannelLayer, group: str, channel: str) -> None:
+    """What channels_redis' ``group_add`` and ``group_discard`` check first."""
+    assert layer.require_valid_group_name(group), "Group name not valid"
+    assert layer.require_valid_channel_name(channel), "Channel name not valid"
+
+
+def queue_group_add(layer: RedisChannelLayer, pipe: Any, group: str, channels: list[str]) -> None:
+    """Queue on ``pipe`` (of the group's shard) what channels_redis' ``group_add(group,
+    channel)`` sends for each of ``channels``: the ZADD (scored by the time now), the EXPIRE."""
+    key = layer._group_key(group)
+    pipe.zadd(key, dict.fromkeys(channels, time.time()))
+    pipe.expire(key, layer.group_expiry)
+
+
+def queue_group_discard(layer: Any, pipe: Any, group: str, channels: list[str]) -> None:
+    """Queue on ``pipe`` channels_redis' ``group_discard(group, channel)`` for ``channels``."""
+    pipe.zrem(layer._group_key(group), *channels)
+
+
 def alive_since(layer: RedisChannelLayer) -> int:
     """Core layer: members that joined before this (s) are expired (group_send drops them)."""
     return int(time.time()) - int(layer.group_expiry)
