@@ -21,6 +21,7 @@ queue addresses all of them), ``--asgi N`` N uvicorn processes on their own port
 websocket clients go to them in turn; F4 restarts all of them), ``--shards N`` N
 channel-layer redis-servers (the layer's ``hosts``; BENCH_CHANNEL_REDIS_URL lists them,
 comma-separated). ``--scale-out`` runs F1-F4 on several such layouts (bench/scaleout.py).
+``BENCH_UVICORN_ARGS`` adds options to every uvicorn (e.g. ``--ws-per-message-deflate false``).
 
 Writes bench/results/results.json, results.md and chart.png; logs go to
 bench/results/logs/. Prints the Markdown tables and the machine at the end.
@@ -393,6 +394,8 @@ class Context:
                     *("-m", "uvicorn", "bench.asgi:application", "--host", "127.0.0.1"),
                     *("--port", str(port), "--ws", "websockets", "--lifespan", "off"),
                     *("--log-level", "warning", "--no-access-log"),
+                    # e.g. BENCH_UVICORN_ARGS="--ws-per-message-deflate false"
+                    *os.environ.get("BENCH_UVICORN_ARGS", "").split(),
                 ],
             )
             for i, port in enumerate(ports)
