@@ -120,11 +120,11 @@ _held: ContextVar[tuple[tuple[str | None, ...], str | None, tzinfo] | None] = Co
 )
 
 
+_KEYS = ("language", "time_zone", "sender", "request_id")
+
+
 def _key(request: Mapping[str, str]) -> tuple[str | None, ...]:
     return tuple(request.get(k) for k in _KEYS)
-
-
-_KEYS = ("language", "time_zone", "sender", "request_id")
 
 
 @contextlib.contextmanager
