@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 
-from turbo_tasks import signing
+from turbo_tasks import signing, storm
 from turbo_tasks.exceptions import StreamRejected
 from turbo_tasks.registry import resolve_ref
 from turbo_tasks.signing import StreamRef
@@ -43,11 +43,9 @@ async def authorize(ref: StreamRef, scope: Any) -> tuple[str, bool]:
     still runs for its own socket's user (``current_user(scope)``), and each caller gets its
     own answer or its own exception.
     """
-    loop = asyncio.get_running_loop()
-    batcher = _batchers.get(loop)
-    if batcher is None:
-        batcher = _batchers[loop] = _Batcher()
-    return await batcher.ask(ref, scope)
+    # A caller that goes away (its socket closed) leaves its check to run unanswered.
+    batches = storm.per_loop(_batches, lambda: storm.Batches(_check_batch))
+    return await batches.ask((ref, scope, contextvars.copy_context()))
 
 
 # What one check of a batch came to: its answer, or the exception it raised.
@@ -77,56 +75,25 @@ def _authorize_each(requests: list[_Request]) -> list[_Outcome]:
     return outcomes
 
 
-class _Batcher:
-    """The permission checks waiting for the database thread, on one event loop: those
-    asked for while a batch runs there go together in the next one."""
-
-    def __init__(self) -> None:
-        self._waiting: list[tuple[_Request, asyncio.Future[tuple[str, bool]]]] = []
-        self._runner: asyncio.Task[None] | None = None
-
-    async def ask(self, ref: StreamRef, scope: Any) -> tuple[str, bool]:
-        answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(((ref, scope, contextvars.copy_context()), answer))
-        if self._runner is None:
-            # Starts on the next turn of the loop: the other sockets' subscribes that are
-            # ready by then join this first batch.
-            self._runner = asyncio.get_running_loop().create_task(self._run())
-        # A caller that goes away (its socket closed) leaves its check to run unanswered.
-        return await answer
-
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    outcomes = await _authorize_each([request for request, _ in batch])
-                except Exception as exc:  # the hop itself failed: each caller raises it
-                    for _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                    continue
-                except BaseException:  # cancelled: the loop is being torn down
-                    self._waiting += batch
-                    raise
-                for (_, answer), outcome in zip(batch, outcomes, strict=True):
-                    if answer.done():  # cancelled
-                        continue
-                    if isinstance(outcome, BaseException):
-                        answer.set_exception(outcome)
-                    else:
-                        answer.set_result(outcome)
-        finally:
-            self._runner = None
-            for _, answer in self._waiting:  # only when cancelled
-                if not answer.done():
-                    answer.cancel()
-            self._waiting = []
+async def _check_batch(batch: list[tuple[_Request, asyncio.Future[tuple[str, bool]]]]) -> None:
+    """One trip through the database thread for the checks of ``batch``."""
+    try:
+        outcomes = await _authorize_each([request for request, _ in batch])
+    except Exception as exc:  # the hop itself failed: each caller raises it
+        storm.fail(batch, exc)
+        return
+    for (_, answer), outcome in zip(batch, outcomes, strict=True):
+        if answer.done():  # cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
-    weakref.WeakKeyDictionary()
-)
+_batches: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, storm.Batches[_Request, tuple[str, bool]]
+] = weakref.WeakKeyDictionary()
 
 
 @database_sync_to_async

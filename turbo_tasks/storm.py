@@ -2,17 +2,23 @@
 and subscribes at once: the subscribe path's Redis calls (group changes, history reads)
 share one bound per event loop, sockets catching up on one stream from one offset share
 one history read, and the group changes of sockets (un)subscribing together share a round
-trip."""
+trip. ``Batches`` is the mechanism of the last, and of turbo_tasks.permissions' shared
+trips through the database thread."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import groupby
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from turbo_tasks import _compat, history
 from turbo_tasks.gaps import Mark
+
+T = TypeVar("T")
+R = TypeVar("R")
+V = TypeVar("V")
 
 # Group changes and history reads in flight per process. redis-py's async pool
 # (channels_redis) holds 100 connections and raises MaxConnectionsError beyond that, which
@@ -26,11 +32,60 @@ _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 def slot() -> asyncio.Semaphore:
     """The bound on this event loop's group changes and history reads: hold it around
     each (``async with storm.slot():``)."""
+    return per_loop(_slots, lambda: asyncio.Semaphore(MAX_CONCURRENT_GROUP_CHANGES))
+
+
+def per_loop(
+    registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, V], make: Callable[[], V]
+) -> V:
+    """This event loop's entry of ``registry``, made by ``make()`` on first use."""
     loop = asyncio.get_running_loop()
-    bound = _slots.get(loop)
-    if bound is None:
-        bound = _slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_GROUP_CHANGES)
-    return bound
+    value = registry.get(loop)
+    if value is None:
+        value = registry[loop] = make()
+    return value
+
+
+class Batches(Generic[T, R]):
+    """Calls asked for on one event loop while a batch of them runs go together in the
+    next batch, in the order they were asked for (after a server restart every page asks
+    at once). ``send(batch)`` runs one batch of ``(item, answer)`` pairs and answers each
+    future, with a result or with that caller's exception; a future already done belongs
+    to a caller that went away (its socket closed). When the loop is torn down, every
+    caller still waiting is cancelled."""
+
+    def __init__(self, send: Callable[[list[tuple[T, asyncio.Future[R]]]], Awaitable[None]]):
+        self._send = send
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def ask(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((item, answer))
+        if self._runner is None:
+            # Starts on the next turn of the loop: what is asked for by then goes with this.
+            self._runner = loop.create_task(self._run())
+        return await answer
+
+    async def _run(self) -> None:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._send(batch)
+        finally:
+            self._runner = None
+            for _, answer in batch + self._waiting:  # unanswered only when cancelled
+                answer.cancel()
+            self._waiting = []
+
+
+def fail(batch: Iterable[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Every caller of ``batch`` still waiting raises ``exc``, as from a call of its own."""
+    for _, answer in batch:
+        if not answer.done():
+            answer.set_exception(exc)
 
 
 async def join(layer: Any, group: str, channel: str) -> None:
@@ -61,77 +116,50 @@ async def leave(layer: Any, group: str, channel: str, keep_watched: bool = False
 
 
 _JOIN, _LEAVE, _LEAVE_WATCHED = "join", "leave", "leave watched"
-# A group change waiting: (layer, kind, group, channel, the caller's future).
-_Change = tuple[Any, str, str, str, "asyncio.Future[None]"]
+# A group change: (layer, kind, group, channel).
+_Change = tuple[Any, str, str, str]
 
 
 async def _change(layer: Any, kind: str, group: str, channel: str) -> None:
     _compat.check_group_change(layer, group, channel)  # raised here, not for the batch
-    loop = asyncio.get_running_loop()
-    changes = _changes.get(loop)
-    if changes is None:
-        changes = _changes[loop] = _Changes()
-    answer: asyncio.Future[None] = loop.create_future()
-    changes.waiting.append((layer, kind, group, channel, answer))
-    if changes.runner is None:
-        # Starts on the next turn of the loop: the changes asked for by then go with this.
-        changes.runner = loop.create_task(changes.run())
-    await answer
+    await per_loop(_changes, lambda: Batches(_send_changes)).ask((layer, kind, group, channel))
 
 
-class _Changes:
-    """The core layer's group changes waiting on one event loop: those asked for while a
-    batch is in Redis go together in the next one, in the order they were asked for."""
-
-    def __init__(self) -> None:
-        self.waiting: list[_Change] = []
-        self.runner: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        batch: list[_Change] = []
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting, []
-                shards: dict[tuple[int, int], list[_Change]] = {}
-                for change in batch:
-                    # A socket closed before its change was sent: nothing to do.
-                    if not change[4].done():
-                        key = (id(change[0]), _compat.shard_index(change[0], change[2]))
-                        shards.setdefault(key, []).append(change)
-                await asyncio.gather(*(self._send(key[1], c) for key, c in shards.items()))
-        finally:
-            self.runner = None
-            for *_, answer in batch + self.waiting:  # unanswered only when cancelled
-                answer.cancel()
-            self.waiting = []
-
-    @staticmethod
-    async def _send(index: int, changes: list[_Change]) -> None:
-        layer = changes[0][0]
-        try:
-            async with slot():
-                pipe = _compat.shard_connection(layer, index).pipeline(transaction=False)
-                # Consecutive changes of one kind to one group in one command each.
-                for (kind, group), run in groupby(changes, key=lambda c: (c[1], c[2])):
-                    channels = [change[3] for change in run]
-                    if kind == _JOIN:
-                        _compat.queue_group_add(layer, pipe, group, channels)
-                        continue
-                    _compat.queue_group_discard(layer, pipe, group, channels)
-                    if kind == _LEAVE_WATCHED:
-                        history.queue_left(layer, pipe, group)
-                await pipe.execute()
-        except Exception as exc:  # each caller raises it, as from its own group change
-            for *_, answer in changes:
-                if not answer.done():
-                    answer.set_exception(exc)
-            return
-        for *_, answer in changes:
-            if not answer.done():  # its socket closed meanwhile
-                answer.set_result(None)
+async def _send_changes(batch: list[tuple[_Change, asyncio.Future[None]]]) -> None:
+    """One pipeline per shard for the changes of ``batch`` still wanted."""
+    shards: dict[tuple[int, int], list[tuple[_Change, asyncio.Future[None]]]] = {}
+    for change, answer in batch:
+        if not answer.done():  # a socket closed before its change was sent: nothing to do
+            layer, _, group, _ = change
+            shard = (id(layer), _compat.shard_index(layer, group))
+            shards.setdefault(shard, []).append((change, answer))
+    await asyncio.gather(*(_send_shard(key[1], c) for key, c in shards.items()))
 
 
-_changes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Changes] = (
+async def _send_shard(index: int, changes: list[tuple[_Change, asyncio.Future[None]]]) -> None:
+    layer = changes[0][0][0]
+    try:
+        async with slot():
+            pipe = _compat.shard_connection(layer, index).pipeline(transaction=False)
+            # Consecutive changes of one kind to one group in one command each.
+            for (kind, group), run in groupby(changes, key=lambda c: (c[0][1], c[0][2])):
+                channels = [change[3] for change, _ in run]
+                if kind == _JOIN:
+                    _compat.queue_group_add(layer, pipe, group, channels)
+                    continue
+                _compat.queue_group_discard(layer, pipe, group, channels)
+                if kind == _LEAVE_WATCHED:
+                    history.queue_left(layer, pipe, group)
+            await pipe.execute()
+    except Exception as exc:  # each caller raises it, as from its own group change
+        fail(changes, exc)
+        return
+    for _, answer in changes:
+        if not answer.done():  # its socket closed meanwhile
+            answer.set_result(None)
+
+
+_changes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches[_Change, None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -169,9 +197,7 @@ async def read_history(layer: Any, group: str, since: Mark | None) -> _Read:
     the same for all.
     """
     loop = asyncio.get_running_loop()
-    queued = _queued_reads.get(loop)
-    if queued is None:
-        queued = _queued_reads[loop] = {}
+    queued = per_loop(_queued_reads, dict)
     key = (id(layer), group, since)
     while (waiting := queued.get(key)) is not None:
         try:
