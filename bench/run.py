@@ -21,7 +21,9 @@ queue addresses all of them), ``--asgi N`` N uvicorn processes on their own port
 websocket clients go to them in turn; F4 restarts all of them), ``--shards N`` N
 channel-layer redis-servers (the layer's ``hosts``; BENCH_CHANNEL_REDIS_URL lists them,
 comma-separated). ``--scale-out`` runs F1-F4 on several such layouts (bench/scaleout.py).
-``BENCH_UVICORN_ARGS`` adds options to every uvicorn (e.g. ``--ws-per-message-deflate false``).
+uvicorn runs with its default websocket implementation, as the Procfile does;
+``BENCH_UVICORN_ARGS`` adds options to every uvicorn (e.g. ``--ws websockets`` for the legacy
+implementation, or ``--ws-per-message-deflate false``).
 
 Writes bench/results/results.json, results.md and chart.png; logs go to
 bench/results/logs/. Prints the Markdown tables and the machine at the end.
@@ -392,9 +394,13 @@ class Context:
                 [
                     sys.executable,
                     *("-m", "uvicorn", "bench.asgi:application", "--host", "127.0.0.1"),
-                    *("--port", str(port), "--ws", "websockets", "--lifespan", "off"),
+                    # uvicorn's default websocket implementation (``--ws auto``:
+                    # websockets-sansio since uvicorn 0.50), as the Procfile, the compose
+                    # file and the docs run it.
+                    *("--port", str(port), "--lifespan", "off"),
                     *("--log-level", "warning", "--no-access-log"),
-                    # e.g. BENCH_UVICORN_ARGS="--ws-per-message-deflate false"
+                    # e.g. BENCH_UVICORN_ARGS="--ws websockets" (the legacy implementation)
+                    # or "--ws-per-message-deflate false"
                     *os.environ.get("BENCH_UVICORN_ARGS", "").split(),
                 ],
             )

@@ -256,7 +256,10 @@ class Stack:
         argv = [
             sys.executable, "-m", "uvicorn", "tests.asgi:application",
             "--host", "127.0.0.1", "--port", str(self.asgi_port),
-            "--ws", "websockets", "--log-level", "warning",
+            "--log-level", "warning",
+            # As the Procfile: uvicorn's default websocket implementation, and a bounded
+            # graceful shutdown (docs/howto/operations.md).
+            "--timeout-graceful-shutdown", "5",
         ]  # fmt: skip
         self.asgi_starts += 1
         self.asgi = proc = self._spawn("asgi", argv, "asgi.log")

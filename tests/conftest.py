@@ -73,7 +73,7 @@ def celery_worker_process(redis_server: str, django_db_setup: None) -> Iterator[
 @pytest.fixture(scope="session")
 def asgi_server(redis_server: str, django_db_setup: None) -> Iterator[str]:
     """The test ASGI app under uvicorn; yields its ws:// base URL."""
-    server, port = start_asgi("asgi", extra=("--ws", "websockets"))
+    server, port = start_asgi("asgi")
     yield f"ws://127.0.0.1:{port}"
     server.stop()
 

@@ -35,7 +35,7 @@ def churn_server(request, redis_server: str, django_db_setup: None) -> Iterator[
         "TURBO_TEST_TURBO_TASKS": json.dumps({"GAP_CHECK_SECONDS": 600}),
     }
     worker = start_worker(f"churn-{kind}", queue=queue, env=env)
-    server, port = start_asgi(f"churn-{kind}", env=env, extra=("--ws", "websockets"))
+    server, port = start_asgi(f"churn-{kind}", env=env)
     yield f"ws://127.0.0.1:{port}/ws/turbo/", queue
     server.stop()
     worker.stop()

@@ -59,7 +59,7 @@ def _start_gap_asgi(gap_redis: str, kind: str) -> tuple[Process, int]:
         "TURBO_TEST_CHANNEL_LAYER": kind,
         "TURBO_TEST_TURBO_TASKS": json.dumps({"GAP_CHECK_SECONDS": GAP_CHECK_SECONDS}),
     }
-    return start_asgi(f"gaps-{kind}", env=env, extra=("--ws", "websockets"))
+    return start_asgi(f"gaps-{kind}", env=env)
 
 
 @pytest.fixture(scope="module")

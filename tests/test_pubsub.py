@@ -76,7 +76,7 @@ def pubsub_stack(redis_server: str, django_db_setup: None) -> Iterator[tuple[str
     env["TURBO_TEST_CHANNEL_LAYER"] = "pubsub"
     env["TURBO_TEST_TURBO_TASKS"] = json.dumps({"QUEUE": QUEUE})
     with ExitStack() as stack:
-        server, port = start_asgi("pubsub-asgi", env, extra=("--ws", "websockets"))
+        server, port = start_asgi("pubsub-asgi", env)
         stack.callback(server.stop)
         worker = start_worker(f"pubsub-{os.getpid()}", QUEUE, env)
         stack.callback(worker.stop)
