@@ -265,6 +265,46 @@ async def test_dispatch_without_db_cleanup_runs_the_handler_dispatch_would():
     assert handled == [{"type": "turbo.message"}]
 
 
+def test_async_websocket_consumer_disconnect_cleans_up_after_the_handler():
+    # What websocket_disconnect_without_db_cleanup repeats, less the clean-up hop.
+    from channels.generic.websocket import AsyncWebsocketConsumer
+
+    source = inspect.getsource(AsyncWebsocketConsumer.websocket_disconnect)
+    for line in (
+        "for group in self.groups:",
+        "await self.channel_layer.group_discard(group, self.channel_name)",
+        'await self.disconnect(message["code"])',
+        "await aclose_old_connections()",
+        "raise StopConsumer()",
+    ):
+        assert line in source, line
+
+
+@pytest.mark.asyncio
+async def test_websocket_disconnect_without_db_cleanup_leaves_groups_disconnects_and_stops():
+    from channels.exceptions import StopConsumer
+
+    done: list[tuple[str, object]] = []
+
+    class Layer:
+        async def group_discard(self, group: str, channel: str) -> None:
+            done.append(("discard", (group, channel)))
+
+    class Consumer:
+        groups = ["a", "b"]
+        channel_layer = Layer()
+        channel_name = "ch"
+
+        async def disconnect(self, code: int) -> None:
+            done.append(("disconnect", code))
+
+    with pytest.raises(StopConsumer):
+        await _compat.websocket_disconnect_without_db_cleanup(
+            Consumer(), {"type": "websocket.disconnect", "code": 1001}
+        )
+    assert done == [("discard", ("a", "ch")), ("discard", ("b", "ch")), ("disconnect", 1001)]
+
+
 # -- Django: a queryset's write routing -------------------------------------------------------
 
 

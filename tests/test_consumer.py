@@ -179,7 +179,13 @@ async def test_frames_and_the_pages_own_messages_skip_channels_database_cleanup_
     # Nor do connect, subscribe and disconnect (three hops per page in a reconnect storm):
     # their only queries go through database_sync_to_async, which cleans up itself.
     name = room.stream.signed_name
-    with mock.patch("channels.consumer.aclose_old_connections", new_callable=mock.AsyncMock) as hop:
+    with (
+        mock.patch("channels.consumer.aclose_old_connections", new_callable=mock.AsyncMock) as hop,
+        # AsyncWebsocketConsumer.websocket_disconnect awaits its own, after disconnect().
+        mock.patch(
+            "channels.generic.websocket.aclose_old_connections", new_callable=mock.AsyncMock
+        ) as hop_after_disconnect,
+    ):
         async with connect() as ws:
             await assert_subscribes(ws, name)
             await push(room.stream)
@@ -191,6 +197,9 @@ async def test_frames_and_the_pages_own_messages_skip_channels_database_cleanup_
             await ws.send_input({"type": "turbo.recheck", "group": room.stream.group_name})
             await nothing(ws)
             assert hop.await_count == 1
+        # The page has closed and the consumer has finished.
+        assert hop_after_disconnect.await_count == 0
+        assert hop.await_count == 1
 
 
 @pytest.mark.asyncio

@@ -321,6 +321,11 @@ class TurboStreamsConsumer(AsyncWebsocketConsumer):
         else:
             await super().dispatch(message)
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # Channels' own handler awaits close_old_connections after disconnect(): one more
+        # hop per closing page (see dispatch); disconnect() queries nothing.
+        await _compat.websocket_disconnect_without_db_cleanup(self, message)
+
     async def turbo_message(self, event: dict[str, Any]) -> None:
         """A frame from a worker, for one group."""
         names = self.subscriptions.get(event.get("group", ""))

@@ -2,7 +2,8 @@
 module per library:
 
 - ``db``: Django's ``on_commit`` bookkeeping, a queryset's write routing;
-- ``consumer``: Channels' ``AsyncConsumer`` (its channel receive, its dispatch);
+- ``consumer``: Channels' ``AsyncConsumer`` (its channel receive, its dispatch) and
+  ``AsyncWebsocketConsumer`` (its disconnect handler);
 - ``layers``: channels_redis (where a group lives, its receive) and redis-py timeouts;
 - ``kombu``: the Redis transport's task message, which turbo_tasks.publish writes itself.
 
@@ -14,6 +15,9 @@ modules: ``from turbo_tasks import _compat; _compat.group_connection(...)``.
 
 from turbo_tasks._compat.consumer import (
     dispatch_without_db_cleanup as dispatch_without_db_cleanup,
+)
+from turbo_tasks._compat.consumer import (
+    websocket_disconnect_without_db_cleanup as websocket_disconnect_without_db_cleanup,
 )
 from turbo_tasks._compat.consumer import (
     wrapped_channel_receive as wrapped_channel_receive,
