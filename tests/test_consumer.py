@@ -681,13 +681,28 @@ def test_real_server_a_burst_of_closing_sockets_leaves_no_members_behind(ws_clie
     clients = [ws_client() for _ in range(160)]
     for client in clients:
         assert client.subscribe(name)["type"] == "subscribed"
-    layer = get_channel_layer()
-    members = redis.Redis.from_url(settings.CHANNEL_REDIS_URL)
-    key = layer._group_key(group)
-    assert members.zcard(key) == len(clients)
+    server = redis.Redis.from_url(settings.CHANNEL_REDIS_URL)
+    if settings.CHANNEL_LAYER_KIND == "core":
+        # The core layer: every socket's channel is a member of the group's sorted set.
+        key = get_channel_layer()._group_key(group)
+
+        def members() -> int:
+            return int(server.zcard(key))
+
+        assert members() == len(clients)
+    else:
+        # The pub/sub layer (TURBO_TEST_CHANNEL_LAYER=pubsub): the ASGI process subscribes
+        # to the group's channel while any of its sockets is in the group.
+        prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "asgi")
+        channel = f"{prefix}__group__{group}"  # RedisPubSubLoopLayer._get_group_channel_name
+
+        def members() -> int:
+            return int(dict(server.pubsub_numsub(channel))[channel.encode()])
+
+        assert members() == 1
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(lambda client: client.conn.close(), clients))
-    wait_for(lambda: members.zcard(key) == 0, TIMEOUT, "every member to leave the group")
+    wait_for(lambda: members() == 0, TIMEOUT, "every member to leave the group")
 
 
 # -- the channel-layer configuration users already have -------------------------------------
